@@ -1,0 +1,1 @@
+"""Expert scoring: capture the real routing of task tokens and turn it into per-layer scores."""

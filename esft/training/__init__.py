@@ -1,0 +1,1 @@
+"""Training only the selected experts: freezing/splitting, optimizer, checkpoints, the loop, progress."""

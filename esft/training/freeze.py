@@ -1,0 +1,158 @@
+"""Freezes a model for ESFT: selected experts split out of the fused tensors into a trainable twin.
+
+transformers stores a layer's experts fused, e.g. ``gate_up_proj[E, 2I, H]``. Masking gradients of the
+unselected rows would still compute and store full ``[E, ...]`` gradients and AdamW state, and with
+weight decay AdamW would move the "frozen" rows. Instead each selected layer's experts module becomes a
+``SplitExperts``: the original module, frozen, serves the unselected experts, and a twin of the same
+class holds only the selected rows (in fp32 master precision). Tokens are routed between the two with
+the expert-parallel sentinel transformers already supports (an id equal to ``num_experts`` is skipped).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from esft.expert_config import ExpertConfig
+from esft.models.discovery import MoELayer, find_moe_layers
+from esft.models.families import SENTINEL_SAFE_KERNELS
+from esft.models.identity import identity_of
+
+
+class SplitExperts(nn.Module):
+    """A fused experts module split into frozen ``base`` experts and trainable ``trainable`` rows.
+
+    ``forward`` has the experts signature ``(hidden[T, H], top_k_index[T, K], top_k_weights[T, K])``.
+    """
+
+    def __init__(self, base: nn.Module, selected: list[int], expert_params: tuple[str, ...], master_dtype):
+        super().__init__()
+        num_experts = int(base.num_experts)
+        ids = torch.tensor(sorted(selected), dtype=torch.long)
+        # global expert id (or the sentinel E) -> row of the twin, or the twin's sentinel len(selected)
+        local_of = torch.full((num_experts + 1,), len(ids), dtype=torch.long)
+        local_of[ids] = torch.arange(len(ids))
+        self.register_buffer("selected", ids, persistent=False)
+        self.register_buffer("local_of", local_of, persistent=False)
+        self.base = base
+        self.base._is_expert_parallel = True
+        self.trainable = _twin(base, ids, expert_params, master_dtype)
+        self.expert_params = expert_params
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        num_experts = self.base.num_experts
+        local = self.local_of[top_k_index.clamp(0, num_experts)]  # [T, K] twin rows or twin sentinel
+        mine = local < len(self.selected)
+        base_index = torch.where(mine, torch.full_like(top_k_index, num_experts), top_k_index)
+        frozen_out = self.base(hidden_states, base_index, top_k_weights)
+        compute_dtype = hidden_states.dtype
+        if all(getattr(self.trainable, n).dtype == compute_dtype for n in self.expert_params):
+            trained_out = self.trainable(hidden_states, local, top_k_weights)
+        else:  # fp32 masters, low-precision compute: cast inside autograd so grads reach the masters
+            weights = {n: getattr(self.trainable, n).to(compute_dtype) for n in self.expert_params}
+            trained_out = functional_call(self.trainable, weights, (hidden_states, local, top_k_weights))
+        return frozen_out + trained_out
+
+    @torch.no_grad()
+    def merged_rows(self, name: str) -> torch.Tensor:
+        """The trained rows of parameter ``name`` in the base model's dtype, ``[n_selected, ...]``."""
+        return getattr(self.trainable, name).detach().to(getattr(self.base, name).dtype)
+
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        """Copy the trained rows into the fused base tensors and return the plain experts module."""
+        for name in self.expert_params:
+            getattr(self.base, name).index_copy_(0, self.selected, self.merged_rows(name))
+        self.base._is_expert_parallel = False
+        return self.base
+
+
+def _twin(base: nn.Module, ids: torch.Tensor, expert_params: tuple[str, ...], master_dtype) -> nn.Module:
+    """A shallow copy of ``base`` owning only rows ``ids`` of its per-expert parameters."""
+    twin = copy.copy(base)  # same class and attributes; parameter dicts replaced below
+    twin._parameters = {}
+    twin._buffers = dict(base._buffers)
+    twin._modules = dict(base._modules)
+    for name, param in base._parameters.items():
+        if name in expert_params:
+            rows = param.detach().index_select(0, ids.to(param.device)).to(master_dtype).clone()
+            twin._parameters[name] = nn.Parameter(rows, requires_grad=True)
+        else:
+            twin._parameters[name] = param
+    twin.num_experts = len(ids)
+    twin._is_expert_parallel = True
+    return twin
+
+
+@dataclass
+class ESFTModel:
+    """What ``prepare_model`` did to a model: split layers and the parameters that train."""
+
+    model: nn.Module
+    layers: list[MoELayer]
+    split: dict[int, SplitExperts] = field(default_factory=dict)
+    dense_trainable: dict[str, nn.Parameter] = field(default_factory=dict)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter that trains, by adapter key (fused-param name for expert rows)."""
+        params: dict[str, nn.Parameter] = {}
+        for layer in self.layers:
+            if layer.layer_index in self.split:
+                twin = self.split[layer.layer_index].trainable
+                for name in layer.expert_params:
+                    params[f"{layer.experts_name}.{name}"] = getattr(twin, name)
+        params.update(self.dense_trainable)
+        return params
+
+    def fold(self) -> nn.Module:
+        """Undo the split in place (trained rows written into the fused tensors); returns the model."""
+        for layer in self.layers:
+            if layer.layer_index in self.split:
+                block = layer.block(self.model)
+                setattr(block, layer.experts_attr, self.split.pop(layer.layer_index).fold())
+        return self.model
+
+
+def _use_sentinel_safe_kernel(model: nn.Module) -> None:
+    impl = getattr(model.config, "_experts_implementation", None)
+    if impl not in SENTINEL_SAFE_KERNELS and hasattr(model, "set_experts_implementation"):
+        model.set_experts_implementation("grouped_mm")
+
+
+def prepare_model(model: nn.Module, expert_config: ExpertConfig, *, master_dtype=torch.float32) -> ESFTModel:
+    """Freeze ``model`` and split out the experts ``expert_config`` selects (in place).
+
+    Everything is frozen (router, attention, norms, embeddings, lm_head, shared and unselected experts)
+    except the selected experts, plus shared experts and/or all non-expert modules when the config's
+    ``shared_experts`` / ``non_expert_modules`` flags ask for the paper's variants.
+
+    Raises:
+        AdapterMismatchError: the config names layers or experts the model lacks, or another model.
+    """
+    layers = find_moe_layers(model)
+    expert_config.check_model(identity_of(model.config), {ly.layer_index: ly.num_experts for ly in layers})
+    _use_sentinel_safe_kernel(model)
+    model.requires_grad_(False)
+    prepared = ESFTModel(model, layers)
+    for layer in layers:
+        selected = expert_config.experts.get(layer.layer_index, [])
+        if not selected:
+            continue
+        block = layer.block(model)
+        split = SplitExperts(layer.experts(model), selected, layer.expert_params, master_dtype)
+        setattr(block, layer.experts_attr, split)
+        prepared.split[layer.layer_index] = split
+    experts_prefixes = tuple(f"{ly.experts_name}." for ly in layers)
+    shared_names = {n for ly in layers for n in ly.shared_param_names(model)}
+    for name, param in model.named_parameters():
+        if name.startswith(experts_prefixes):
+            continue  # routed experts: trained only through the twins above
+        is_shared = name in shared_names
+        if (expert_config.shared_experts and is_shared) or (expert_config.non_expert_modules and not is_shared):
+            param.requires_grad_(True)
+            prepared.dense_trainable[name] = param
+    return prepared

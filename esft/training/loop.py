@@ -1,0 +1,238 @@
+"""The ESFT training loop: setup, then steps that read top to bottom, with eval, checkpoints and stop.
+
+Only the selected experts (and the variants' shared/non-expert tensors) train; see ``freeze.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esft.config import TrainingConfig
+from esft.constants import IGNORE_INDEX, METRICS_NAME
+from esft.data.batching import batch_indices, collate
+from esft.data.tokenize import TokenizedExample
+from esft.errors import CheckpointError, ConfigError, TrainingCancelled
+from esft.expert_config import ExpertConfig
+from esft.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from esft.training.freeze import ESFTModel, prepare_model
+from esft.training.optim import MasterWeights, build_optimizer, count_parameters, lr_at, state_bytes
+from esft.training.progress import ProgressCallback, ProgressEvent, StopCallback
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train``: the prepared (split) model and what happened."""
+
+    prepared: ESFTModel
+    steps: int
+    trained_tokens: int
+    final_loss: float | None
+    val_loss: float | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def total_steps(n_examples: int, config: TrainingConfig) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``n_epochs`` (default 1) over the data."""
+    if config.max_steps is not None:
+        return config.max_steps
+    batches = math.ceil(n_examples / config.batch_size)
+    return max(1, math.ceil(batches / config.grad_accum_steps) * (config.n_epochs or 1))
+
+
+def _micro_batches(lengths: list[int], config: TrainingConfig, state: TrainerState) -> Iterator[tuple]:
+    """Yield ``(epoch, next_position, indices)`` from the saved position on, epoch after epoch."""
+    epoch, start = state.epoch, state.batch_in_epoch
+    while True:
+        plan = batch_indices(lengths, config.batch_size, seed=config.seed, epoch=epoch)
+        for pos in range(start, len(plan)):
+            nxt = (epoch, pos + 1) if pos + 1 < len(plan) else (epoch + 1, 0)
+            yield nxt, plan[pos]
+        epoch, start = epoch + 1, 0
+
+
+def _loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over label tokens (prompts and padding are IGNORE_INDEX)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
+    targets = batch["labels"][:, 1:]  # [B, T-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _n_loss_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float | None:
+    """Mean per-token validation loss over ``data`` (None when there is no data)."""
+    if not data:
+        return None
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    device = next(model.parameters()).device
+    for i in range(0, len(data), batch_size):
+        batch = {k: v.to(device) for k, v in collate(list(data[i : i + batch_size]), pad_id).items()}
+        total += float(_loss_sum(model, batch))
+        count += _n_loss_tokens(batch)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class _Run:
+    """Everything ``train`` sets up before the first step."""
+
+    prepared: ESFTModel
+    masters: MasterWeights
+    optimizer: torch.optim.Optimizer
+    state: TrainerState
+    total: int
+    run_config: dict[str, Any]
+    device: torch.device
+
+
+def _setup(model, train_data, expert_config, config, out_dir: Path, resume: bool, pad_id: int) -> _Run:
+    if not train_data:
+        raise ConfigError("no training examples left after tokenization", param="training_file")
+    prepared = prepare_model(model, expert_config)
+    masters = MasterWeights(prepared.trainable_parameters())
+    if not masters.masters:
+        raise ConfigError("the expert config selects nothing to train", param="expert_config")
+    optimizer = build_optimizer(masters.masters, config)
+    run_config = {"training": config.to_dict(), "experts": expert_config.to_dict()["experts"],
+                  "n_examples": len(train_data), "pad_id": pad_id}
+    state, ckpt = TrainerState(), latest_checkpoint(out_dir)
+    if ckpt is not None and not resume:
+        raise CheckpointError(f"{out_dir} already holds checkpoints of an earlier run; pass resume=True "
+                              "(--resume) to continue it, or choose a new output directory", param="resume")
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, masters.masters, optimizer, run_config)
+        masters.masters_to_model()
+    else:
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+    total = total_steps(len(train_data), config)
+    return _Run(prepared, masters, optimizer, state, total, run_config, next(model.parameters()).device)
+
+
+def _optimizer_step(run: _Run, config: TrainingConfig) -> float | None:
+    run.masters.grads_to_masters()
+    params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = None
+    if config.max_grad_norm is not None and params:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+    lr = lr_at(run.state.step, run.total, config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.step()
+    run.masters.masters_to_model()
+    return grad_norm
+
+
+def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float, int]:
+    """Forward/backward over one accumulation window; loss is normalised by the window's label tokens."""
+    batches = [collate([train_data[i] for i in idx], pad_id) for idx in window]
+    n_targets = max(1, sum(_n_loss_tokens(b) for b in batches))
+    loss_total, tokens = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        loss = _loss_sum(run.prepared.model, batch) / n_targets
+        loss.backward()
+        loss_total += float(loss.detach())
+        tokens += int(batch["attention_mask"].sum())
+    return loss_total, tokens
+
+
+def train(
+    model: nn.Module,
+    train_data: Sequence[TokenizedExample],
+    expert_config: ExpertConfig,
+    config: TrainingConfig,
+    out_dir: str | Path,
+    *,
+    pad_token_id: int,
+    val_data: Sequence[TokenizedExample] = (),
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> TrainResult:
+    """Train the experts ``expert_config`` selects; checkpoints and ``metrics.jsonl`` go to ``out_dir``.
+
+    Args:
+        model: the base model, modified in place (selected experts split out; see ``ESFTModel.fold``).
+        train_data: tokenized examples; ``labels`` mark the tokens that carry loss.
+        expert_config: experts to train, plus the shared/non-expert variant flags.
+        config: hyperparameters; ``seed`` fixes data order and initial RNG.
+        out_dir: run directory; ``resume=True`` continues from its newest checkpoint bit-identically.
+        pad_token_id: padding id for batches.
+        val_data: held-out examples for validation loss every ``eval_every`` steps and at the end.
+        progress: receives a ``ProgressEvent`` after every optimizer step and evaluation.
+        should_stop: polled after every step; when it returns True a checkpoint is saved and
+            ``TrainingCancelled`` is raised.
+
+    Returns:
+        ``TrainResult`` holding the trained (still split) model and the run's numbers.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _setup(model, train_data, expert_config, config, out_dir, resume, pad_token_id)
+    lengths = [len(ex.input_ids) for ex in train_data]
+    batches = _micro_batches(lengths, config, run.state)
+    metrics = _MetricsLog(out_dir / METRICS_NAME, run.state.step)
+    start, start_step, start_tokens = time.perf_counter(), run.state.step, run.state.trained_tokens
+    loss = val_loss = None
+    run.prepared.model.train()
+    while run.state.step < run.total:
+        window = [next(batches) for _ in range(config.grad_accum_steps)]
+        loss, tokens = _accumulate(run, [idx for _, idx in window], train_data, pad_token_id)
+        grad_norm = _optimizer_step(run, config)
+        (epoch, pos) = window[-1][0]
+        run.state = TrainerState(run.state.step + 1, epoch, pos, run.state.trained_tokens + tokens)
+        step = run.state.step
+        elapsed = time.perf_counter() - start
+        event = ProgressEvent("training", step, run.total, loss=loss, lr=lr_at(step - 1, run.total, config),
+                              tokens_per_s=(run.state.trained_tokens - start_tokens) / max(elapsed, 1e-9),
+                              eta_s=elapsed / (step - start_step) * (run.total - step),
+                              trained_tokens=run.state.trained_tokens, grad_norm=grad_norm)
+        if val_data and (step == run.total or (config.eval_every and step % config.eval_every == 0)):
+            val_loss = event.val_loss = evaluate(run.prepared.model, val_data, config.batch_size, pad_token_id)
+        stop = bool(should_stop and should_stop())
+        if step == run.total or stop or (config.save_every and step % config.save_every == 0):
+            event.checkpoint = str(save_checkpoint(out_dir, run.state, run.masters.masters, run.optimizer,
+                                                   run.run_config))
+        metrics.write(event)
+        if progress:
+            progress(event)
+        if stop:
+            raise TrainingCancelled(f"training stopped at step {step}; resume from {event.checkpoint}")
+    counts = count_parameters(run.prepared.model, run.masters.model_params)
+    report = {"steps": run.state.step, "total_steps": run.total, "trained_tokens": run.state.trained_tokens,
+              "final_loss": loss, "val_loss": val_loss, "parameters": counts,
+              "state_bytes": state_bytes(run.optimizer)}
+    return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)
+
+
+class _MetricsLog:
+    """Appends one JSON line per step; on resume, drops lines past the checkpoint being resumed."""
+
+    def __init__(self, path: Path, resumed_step: int):
+        self.path = path
+        if path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resumed_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, event: ProgressEvent) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")

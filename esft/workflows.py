@@ -1,0 +1,168 @@
+"""Path-level workflows shared by the CLI and the service's worker: score, select, train, merge, generate.
+
+Each takes directories and files, loads what it needs, calls the library, and writes its artifact
+atomically. The CLI commands and the Celery tasks are thin callers of these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esft.adapters import ESFTAdapter, apply_adapter, save_merged
+from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
+from esft.constants import ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME
+from esft.data.batching import split_validation
+from esft.data.formats import read_examples
+from esft.data.tokenize import DataReport, tokenize_examples
+from esft.errors import ConfigError
+from esft.expert_config import ExpertConfig
+from esft.io import write_json_atomic
+from esft.models.identity import identity_of
+from esft.scoring.scores import ExpertScores, score_experts
+from esft.selection import select_experts
+from esft.training.loop import train as train_loop
+from esft.training.progress import ProgressCallback, StopCallback
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(model_dir: str | Path, *, dtype: str = "auto", device: str | None = None):
+    """Load a local causal LM and its tokenizer (never from a hub). Returns ``(model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir} is not a saved model directory (no config.json)", param="model")
+    torch_dtype = _DTYPES.get(dtype, "auto")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device), tokenizer
+
+
+def _tokenized(path: str | Path, tokenizer, seq_len: int, overflow: str):
+    return tokenize_examples(read_examples(path), tokenizer, seq_len=seq_len, overflow=overflow)
+
+
+def score(
+    model_dir: str | Path,
+    data_path: str | Path,
+    out_path: str | Path,
+    config: ScoringConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> ExpertScores:
+    """Score the experts of ``model_dir`` on the task data and write the scores JSON to ``out_path``."""
+    config = config or ScoringConfig()
+    model, tokenizer = load_model(model_dir)
+    examples, _ = _tokenized(data_path, tokenizer, config.seq_len, "truncate")
+    scores = score_experts(model, examples, config, pad_token_id=tokenizer.pad_token_id, progress=progress)
+    scores.base_model = identity_of(model.config)
+    scores.save(out_path)
+    return scores
+
+
+def select(
+    scores_path: str | Path, config: SelectionConfig | None = None, out_path: str | Path | None = None
+) -> ExpertConfig:
+    """Select experts from a scores file with the per-layer top-p rule; write the expert config."""
+    expert_config = select_experts(ExpertScores.load(scores_path), config)
+    if out_path is not None:
+        expert_config.save(out_path)
+    return expert_config
+
+
+@dataclass
+class TrainOutput:
+    """What ``train`` produced: the adapter directory and the run's numbers."""
+
+    adapter_dir: Path
+    steps: int
+    trained_tokens: int
+    final_loss: float | None
+    val_loss: float | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _datasets(data_path, validation_path, tokenizer, config: TrainingConfig):
+    train_data, report = _tokenized(data_path, tokenizer, config.seq_len, config.overflow)
+    val_data: list = []
+    if validation_path is not None:
+        val_data, _ = _tokenized(validation_path, tokenizer, config.seq_len, "truncate")
+    elif config.validation_split > 0 and len(train_data) >= 2:
+        train_idx, val_idx = split_validation(len(train_data), config.validation_split, config.seed)
+        train_data, val_data = [train_data[i] for i in train_idx], [train_data[i] for i in val_idx]
+    return train_data, val_data, report
+
+
+def train(
+    model_dir: str | Path,
+    data_path: str | Path,
+    expert_config_path: str | Path,
+    out_dir: str | Path,
+    config: TrainingConfig | None = None,
+    *,
+    validation_path: str | Path | None = None,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> TrainOutput:
+    """Train the selected experts and write the adapter to ``out_dir``.
+
+    ``out_dir`` also holds ``checkpoints/`` (for ``resume``), ``metrics.jsonl`` and
+    ``train_report.json``; ``adapter_config.json`` is written last, so its presence means complete.
+    """
+    config = config or TrainingConfig()
+    out_dir = Path(out_dir)
+    if (out_dir / ADAPTER_CONFIG_NAME).exists() and not resume:
+        raise ConfigError(f"{out_dir} already holds a finished adapter; choose a new --out", param="out")
+    expert_config = ExpertConfig.load(expert_config_path)
+    # The paper's variants can be asked for in the expert config or in the training config.
+    expert_config.shared_experts |= config.train_shared_experts
+    expert_config.non_expert_modules |= config.train_non_expert_modules
+    model, tokenizer = load_model(model_dir, dtype=config.dtype)
+    train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
+    result = train_loop(model, train_data, expert_config, config, out_dir, pad_token_id=tokenizer.pad_token_id,
+                        val_data=val_data, resume=resume, progress=progress, should_stop=should_stop)
+    if not expert_config.base_model:
+        expert_config.base_model = identity_of(model.config)
+    report = {**result.report, "data": _data_report(data_report, len(train_data), len(val_data)),
+              "config": config.to_dict()}
+    write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
+    adapter = ESFTAdapter.from_model(result.prepared, expert_config, metadata=report)
+    adapter.write_files(out_dir)
+    return TrainOutput(out_dir, result.steps, result.trained_tokens, result.final_loss, result.val_loss, report)
+
+
+def _data_report(report: DataReport, n_train: int, n_val: int) -> dict[str, Any]:
+    return {**report.to_dict(), "n_train": n_train, "n_validation": n_val}
+
+
+def merge(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write base model + adapter as one full checkpoint that ``from_pretrained`` loads."""
+    model, tokenizer = load_model(model_dir, device="cpu")
+    apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
+    return save_merged(model, tokenizer, out_dir)
+
+
+def generate(
+    model_dir: str | Path,
+    prompt: str | list[dict[str, str]],
+    *,
+    adapter_dir: str | Path | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+) -> str:
+    """Generate a reply to ``prompt`` (text or chat messages) with the base model or an adapter."""
+    from esft.generation import generate_text
+
+    model, tokenizer = load_model(model_dir)
+    if adapter_dir is not None:
+        apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
+    return generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
