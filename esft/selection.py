@@ -20,12 +20,14 @@ def select_layer(scores: list[float], top_p: float, max_experts: int | None = No
     [1, 2]
     """
     total = sum(scores)
+    if total <= 0:  # no token reached this layer: keep one expert so every layer has a trainable expert
+        return [0]
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     chosen: list[int] = []
     cumulative = 0.0
     for expert in order:
         chosen.append(expert)
-        cumulative += scores[expert] / total if total > 0 else 0.0
+        cumulative += scores[expert] / total
         if cumulative >= top_p - _TOLERANCE or (max_experts is not None and len(chosen) >= max_experts):
             break
     return sorted(chosen)

@@ -137,6 +137,7 @@ def _optimizer_step(run: _Run, config: TrainingConfig) -> float | None:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
     run.masters.masters_to_model()
     return grad_norm
 

@@ -1,0 +1,251 @@
+"""The ``esft`` command: thin typer wrappers over ``esft.workflows`` with progress bars and clear errors.
+
+Service commands (``serve``, ``quickstart``, ``models``, ``keys``) are added by the service package through
+the ``esft.commands`` entry point; the library itself never imports the service.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from esft.errors import ESFTError
+
+app = typer.Typer(
+    name="esft",
+    help="Expert-Specialized Fine-Tuning for Mixture-of-Experts models: score, select, train, merge, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ModelOpt = Annotated[Path, typer.Option("--model", help="Local model directory (save_pretrained layout).")]
+DataOpt = Annotated[Path, typer.Option("--data", help="JSONL: {messages} | {prompt, completion} | {text}.")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Print library errors as one readable line (exit code 2) instead of a traceback."""
+    try:
+        yield
+    except ESFTError as exc:
+        where = f" [{exc.param}]" if exc.param else ""
+        console.print(f"[bold red]error{where}:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress_bar(description: str) -> Iterator:
+    """A rich progress bar fed by ``ProgressEvent`` callbacks (step, loss, tokens/s, ETA)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None, info="")
+
+        def update(event) -> None:
+            info = " ".join(
+                f"{k}={v:.4g}" for k, v in (("loss", event.loss), ("val", event.val_loss),
+                                            ("tok/s", event.tokens_per_s)) if v is not None
+            )
+            bar.update(task, total=event.total_steps, completed=event.step, description=event.phase, info=info)
+
+        yield update
+
+
+@app.command("toy-model")
+def toy_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model and tokenizer to.")],
+    family: Annotated[str, typer.Option(help="MoE family (model_type), e.g. deepseek_v2, qwen3_moe, mixtral.")] = "deepseek_v2",
+    layers: Annotated[int, typer.Option(help="MoE decoder layers.")] = 2,
+    experts: Annotated[int, typer.Option(help="Routed experts per layer.")] = 8,
+    top_k: Annotated[int, typer.Option("--top-k", help="Experts per token.")] = 2,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+) -> None:
+    """Build a tiny random MoE model of any family, with a local tokenizer (no network)."""
+    from esft.models.toy import build_toy_model
+
+    with _errors():
+        path = build_toy_model(out_dir, family=family, layers=layers, experts=experts, top_k=top_k,
+                               hidden=hidden, seed=seed)
+    console.print(f"wrote {family} toy model to {path}")
+
+
+@app.command()
+def score(
+    model: ModelOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Scores JSON to write.")],
+    n_sample_tokens: Annotated[int, typer.Option(help="Stop after this many scored tokens.")] = 131072,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Truncate longer samples from the end.")] = 4096,
+    response_only: Annotated[bool, typer.Option("--response-only", help="Score only answer tokens.")] = False,
+) -> None:
+    """Score every routed expert on task data (token and gate scores per layer)."""
+    from esft import workflows
+    from esft.config import ScoringConfig
+
+    with _errors(), _progress_bar("scoring") as progress:
+        config = ScoringConfig(n_sample_tokens=n_sample_tokens, batch_size=batch_size, seq_len=seq_len,
+                               response_only=response_only)
+        scores = workflows.score(model, data, out, config, progress=progress)
+    console.print(f"scored {scores.n_tokens} tokens in {scores.n_sequences} sequences -> {out}")
+
+
+@app.command()
+def select(
+    scores: Annotated[Path, typer.Option("--scores", help="Scores JSON from `esft score`.")],
+    out: Annotated[Path, typer.Option("--out", help="Expert config JSON to write.")],
+    score_function: Annotated[str, typer.Option(help="token or gate.")] = "token",
+    top_p: Annotated[float | None, typer.Option(help="Cumulative score per layer (default 0.2 token, 0.1 gate).")] = None,
+    max_experts_per_layer: Annotated[int | None, typer.Option(help="Optional cap per layer.")] = None,
+) -> None:
+    """Select experts per layer until their cumulative score reaches top_p."""
+    from esft import workflows
+    from esft.config import SelectionConfig
+
+    with _errors():
+        config = workflows.select(scores, SelectionConfig(score_function, top_p, max_experts_per_layer), out)
+    total = sum(len(v) for v in (config.scores or {}).values())
+    console.print(f"selected {config.n_selected}/{total} experts across {len(config.experts)} layers -> {out}")
+
+
+@app.command()
+def train(
+    model: ModelOpt,
+    data: DataOpt,
+    expert_config: Annotated[Path, typer.Option("--expert-config", help="Expert config JSON.")],
+    out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")],
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")] = None,
+    n_epochs: Annotated[int | None, typer.Option(help="Epochs when --max-steps is not given.")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(help="Sequences per micro-batch.")] = 4,
+    grad_accum_steps: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    seq_len: Annotated[int, typer.Option(help="Maximum tokens per sample.")] = 2048,
+    overflow: Annotated[str, typer.Option(help="Over-long samples: truncate (the end) or reject.")] = "truncate",
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps for linear warmup.")] = 0.0,
+    lr_scheduler: Annotated[str, typer.Option(help="cosine, linear or constant.")] = "cosine",
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
+    validation_split: Annotated[float, typer.Option(help="Held-out fraction without a validation file.")] = 0.0,
+    eval_every: Annotated[int | None, typer.Option(help="Validation loss every N steps.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data order and initial RNG.")] = 0,
+    train_shared_experts: Annotated[bool, typer.Option(help="Also train shared experts.")] = False,
+    train_non_expert_modules: Annotated[bool, typer.Option(help="Also train attention, norms, embeddings...")] = False,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+) -> None:
+    """Train only the selected experts and write an adapter."""
+    from esft import workflows
+    from esft.config import TrainingConfig
+
+    with _errors():
+        config = TrainingConfig(
+            max_steps=max_steps, n_epochs=n_epochs, batch_size=batch_size, grad_accum_steps=grad_accum_steps,
+            learning_rate=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio,
+            seq_len=seq_len, overflow=overflow, eval_every=eval_every, validation_split=validation_split,
+            save_every=save_every, seed=seed, train_shared_experts=train_shared_experts,
+            train_non_expert_modules=train_non_expert_modules, dtype=dtype,
+        )
+        with _progress_bar("training") as progress:
+            result = workflows.train(model, data, expert_config, out, config, validation_path=validation_file,
+                                     resume=resume, progress=progress)
+    params = result.report["parameters"]
+    console.print(f"trained {params['trainable']:,} of {params['total']:,} parameters "
+                  f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
+                  f"final loss {result.final_loss:.4f}; adapter -> {result.adapter_dir}")
+
+
+@app.command()
+def merge(
+    model: ModelOpt,
+    adapter: Annotated[Path, typer.Option("--adapter", help="Adapter directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Merged model directory to write.")],
+) -> None:
+    """Write base model + adapter as one checkpoint that from_pretrained loads."""
+    from esft import workflows
+
+    with _errors():
+        path = workflows.merge(model, adapter, out)
+    console.print(f"merged model -> {path}")
+
+
+@app.command()
+def generate(
+    model: ModelOpt,
+    prompt: Annotated[str, typer.Option("--prompt", help="User message (rendered with the chat template).")],
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="Adapter directory to apply.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
+) -> None:
+    """Generate a reply with the base model or an adapter."""
+    from esft import workflows
+
+    with _errors():
+        text = workflows.generate(model, prompt, adapter_dir=adapter, max_new_tokens=max_new_tokens,
+                                  temperature=temperature)
+    typer.echo(text)
+
+
+@app.command()
+def plot(
+    scores: Annotated[Path | None, typer.Option("--scores", help="Scores JSON: draws the expert heatmap.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("scores.png"),
+    expert_config: Annotated[Path | None, typer.Option("--expert-config", help="Box the selected experts.")] = None,
+    metrics: Annotated[Path | None, typer.Option("--metrics", help="metrics.jsonl: draws the loss curve.")] = None,
+) -> None:
+    """Plot the per-layer expert-score heatmap (or a loss curve with --metrics)."""
+    from esft import plotting
+
+    with _errors():
+        if metrics is not None:
+            path = plotting.plot_loss(metrics, out)
+        elif scores is not None:
+            path = plotting.plot_scores(scores, out, expert_config)
+        else:
+            raise typer.BadParameter("pass --scores or --metrics")
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def inspect(model: ModelOpt) -> None:
+    """Show the MoE layout ESFT finds in a model (layers, experts, shared experts)."""
+    from esft.models.discovery import find_moe_layers
+    from esft.workflows import load_model
+
+    with _errors():
+        loaded, _ = load_model(model, device="cpu")
+        rows = [{"layer": ly.layer_index, "experts": ly.num_experts, "module": ly.experts_name,
+                 "shared": list(ly.shared_names), "router": ly.router_name} for ly in find_moe_layers(loaded)]
+    typer.echo(json.dumps(rows, indent=2))
+
+
+def _register_plugins() -> None:
+    """Add commands that other installed packages (the service) offer through the ``esft.commands`` entry point."""
+    for entry in entry_points(group="esft.commands"):
+        try:
+            register = entry.load()
+        except ImportError as exc:  # the service's extra dependencies are not installed
+            console.print(f"[dim]esft: skipping {entry.name} commands ({exc})[/]")
+            continue
+        register(app)
+
+
+def main() -> None:
+    _register_plugins()
+    app(prog_name="esft")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""The JSONL training-data formats: parsing lines into ``Example`` and validating whole files.
+
+This module is torch-free and transformers-free on purpose: the service validates uploads with it.
+
+Three shapes are accepted, one JSON object per line (blank lines are skipped):
+
+* chat (OpenAI): ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``;
+  messages may also carry ``name`` (str) and ``weight`` (0 or 1; ``0`` means "do not train on this
+  assistant message", as in the OpenAI API). Other top-level keys (``id``, ``metadata``...) are ignored.
+* completion: ``{"prompt": str, "completion": str}`` (loss on the completion only).
+* text: ``{"text": str}`` (loss on every token).
+
+Errors use the OpenAI cookbook codes (``data_type``, ``missing_messages_list``, ``message_missing_key``,
+``message_unrecognized_key``, ``unrecognized_role``, ``missing_content``,
+``example_missing_assistant_message``) plus ``invalid_json``, ``invalid_utf8``, ``unknown_format``,
+``invalid_weight``, ``empty_file``, ``too_few_examples`` and ``too_many_tokens``.
+
+>>> parse_example({"text": "hello"}, line=1).kind
+'text'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from esft.errors import ConfigError, DataFormatError
+
+ROLES = ("system", "user", "assistant")
+_MESSAGE_KEYS = ("role", "content")
+_OPTIONAL_MESSAGE_KEYS = ("name", "weight")
+
+ExampleKind = Literal["chat", "completion", "text"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One validated training example.
+
+    Attributes:
+        kind: ``"chat"``, ``"completion"`` or ``"text"``; only that kind's fields are set.
+        messages: chat messages (``role``, ``content`` and optionally ``name``, ``weight``).
+        prompt: completion-format prompt (may be empty).
+        completion: completion-format target.
+        text: text-format document.
+        line: 1-based line of the example in its file.
+    """
+
+    kind: ExampleKind
+    messages: tuple[dict[str, Any], ...] | None = None
+    prompt: str | None = None
+    completion: str | None = None
+    text: str | None = None
+    line: int = 0
+
+
+def _has_content(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _parse_message(message: Any, index: int, line: int) -> dict[str, Any]:
+    """Validate one chat message; ``index`` is 1-based in messages, as users count them."""
+    where = f"message {index}"
+    if not isinstance(message, dict):
+        raise DataFormatError(
+            f"{where} is a {type(message).__name__}; a message must be an object with 'role' and 'content'",
+            line=line,
+            code="data_type",
+        )
+    missing = [key for key in _MESSAGE_KEYS if key not in message]
+    if missing:
+        raise DataFormatError(f"{where} is missing key(s) {missing}", line=line, code="message_missing_key")
+    unknown = sorted(set(message) - set(_MESSAGE_KEYS) - set(_OPTIONAL_MESSAGE_KEYS))
+    if unknown:
+        allowed = ", ".join(_MESSAGE_KEYS + _OPTIONAL_MESSAGE_KEYS)
+        raise DataFormatError(
+            f"{where} has unrecognized key(s) {unknown}; allowed keys are {allowed}",
+            line=line,
+            code="message_unrecognized_key",
+        )
+    role = message["role"]
+    if role not in ROLES:
+        raise DataFormatError(
+            f"{where} has role {role!r}; expected one of {', '.join(ROLES)}",
+            line=line,
+            code="unrecognized_role",
+        )
+    if not _has_content(message["content"]):
+        raise DataFormatError(
+            f"{where} ({role}) has empty or non-string content {message['content']!r}; content must be text",
+            line=line,
+            code="missing_content",
+        )
+    if "name" in message and not isinstance(message["name"], str):
+        raise DataFormatError(f"{where} has a non-string 'name'", line=line, code="data_type")
+    if "weight" in message and (isinstance(message["weight"], bool) or message["weight"] not in (0, 1)):
+        raise DataFormatError(
+            f"{where} has weight {message['weight']!r}; weight must be 0 or 1",
+            line=line,
+            code="invalid_weight",
+        )
+    return dict(message)
+
+
+def _parse_chat(obj: dict[str, Any], line: int) -> Example:
+    raw = obj["messages"]
+    if not isinstance(raw, list) or not raw:
+        raise DataFormatError(
+            "'messages' must be a non-empty list of {role, content} objects",
+            line=line,
+            code="missing_messages_list",
+        )
+    messages = tuple(_parse_message(message, i, line) for i, message in enumerate(raw, start=1))
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if not assistants:
+        raise DataFormatError(
+            "no assistant message; a chat example needs at least one to train on",
+            line=line,
+            code="example_missing_assistant_message",
+        )
+    if all(m.get("weight", 1) == 0 for m in assistants):
+        raise DataFormatError(
+            "every assistant message has weight 0, so there is nothing to train on",
+            line=line,
+            code="example_missing_assistant_message",
+        )
+    return Example(kind="chat", messages=messages, line=line)
+
+
+def _parse_completion(obj: dict[str, Any], line: int) -> Example:
+    if "prompt" not in obj or "completion" not in obj:
+        present, absent = ("prompt", "completion") if "prompt" in obj else ("completion", "prompt")
+        raise DataFormatError(f"has {present!r} but no {absent!r}", line=line, code="unknown_format")
+    if not isinstance(obj["prompt"], str):
+        raise DataFormatError("'prompt' must be a string", line=line, code="missing_content")
+    if not _has_content(obj["completion"]):
+        raise DataFormatError("'completion' must be a non-empty string", line=line, code="missing_content")
+    return Example(kind="completion", prompt=obj["prompt"], completion=obj["completion"], line=line)
+
+
+def parse_example(obj: Any, line: int) -> Example:
+    """Validate one decoded JSON value and turn it into an ``Example``.
+
+    Args:
+        obj: the value ``json.loads`` returned for the line.
+        line: 1-based line number, copied into the example and into any error.
+
+    Returns:
+        The example; a chat example keeps ``messages`` as a tuple of copied dicts.
+
+    Raises:
+        DataFormatError: with ``line`` and a cookbook ``code`` saying what is wrong and where.
+    """
+    if not isinstance(obj, dict):
+        raise DataFormatError(
+            f"expected a JSON object, got {type(obj).__name__}", line=line, code="data_type"
+        )
+    if "messages" in obj:
+        return _parse_chat(obj, line)
+    if "prompt" in obj or "completion" in obj:
+        return _parse_completion(obj, line)
+    if "text" in obj:
+        if not _has_content(obj["text"]):
+            raise DataFormatError("'text' must be a non-empty string", line=line, code="missing_content")
+        return Example(kind="text", text=obj["text"], line=line)
+    raise DataFormatError(
+        f"unknown format with keys {sorted(obj)}; expected 'messages', 'prompt' and 'completion', or 'text'",
+        line=line,
+        code="unknown_format",
+    )
+
+
+def _parse_line(raw: bytes, line: int) -> Example | None:
+    """Decode and parse one raw line; None for a blank line."""
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not valid UTF-8 (bad byte at offset {exc.start}); save the file as UTF-8"
+        raise DataFormatError(message, line=line, code="invalid_utf8") from None
+    if line == 1:
+        decoded = decoded.removeprefix("\ufeff")  # editors on Windows write a byte-order mark
+    if not decoded.strip():
+        return None
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        message = f"invalid JSON ({exc.msg} at column {exc.colno}); each line must hold one JSON object"
+        raise DataFormatError(message, line=line, code="invalid_json") from None
+    return parse_example(obj, line)
+
+
+def _iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, Example | DataFormatError | None]]:
+    """Yield ``(line, Example | error | None)`` for every physical line; ``None`` marks a blank line.
+
+    Errors are yielded, not raised, so that validation can keep going after a bad line.
+    """
+    with open(path, "rb") as handle:  # bytes: a bad UTF-8 line must fail alone, with its line number
+        for line, raw in enumerate(handle, start=1):
+            try:
+                item: Example | DataFormatError | None = _parse_line(raw, line)
+            except DataFormatError as exc:
+                item = exc
+            yield line, item
+
+
+def iter_examples(path: str | os.PathLike) -> Iterator[Example]:
+    """Stream the examples of a JSONL file, one line at a time.
+
+    Args:
+        path: the JSONL file.
+
+    Yields:
+        Each example in file order; blank lines are skipped.
+
+    Raises:
+        DataFormatError: on the first bad line, with its line number (``invalid_utf8``, ``invalid_json``
+            or a format code).
+    """
+    for _, item in _iter_lines(path):
+        if isinstance(item, DataFormatError):
+            raise item
+        if item is not None:
+            yield item
+
+
+def read_examples(path: str | os.PathLike) -> list[Example]:
+    """Read every example of a JSONL file into a list.
+
+    Args:
+        path: the JSONL file.
+
+    Returns:
+        The examples in file order.
+
+    Raises:
+        DataFormatError: on the first bad line, or with code ``empty_file`` if there is no example.
+    """
+    examples = list(iter_examples(path))
+    if not examples:
+        raise DataFormatError(f"{os.fspath(path)} has no examples (it is empty or blank)", code="empty_file")
+    return examples
+
+
+def example_text(example: Example) -> str:
+    """A simple rendering of an example, used to estimate its token count.
+
+    Chat contents are joined with newlines, without the chat template's role markers, so counts made on it
+    are an estimate that falls a few tokens per message short of the templated length.
+    """
+    if example.kind == "chat":
+        return "\n".join(message["content"] for message in example.messages or ())
+    if example.kind == "completion":
+        return (example.prompt or "") + (example.completion or "")
+    return example.text or ""
+
+
+@dataclass
+class ValidationReport:
+    """What ``validate_jsonl`` found in a file.
+
+    Attributes:
+        n_lines: physical lines read, blank lines included.
+        n_examples: valid examples.
+        n_invalid: non-blank lines that are not valid examples.
+        formats: valid examples per kind, e.g. ``{"chat": 10}``.
+        errors: the first ``max_errors`` problems, each ``{"line", "code", "message"}`` (``line`` is None for
+            file-level problems).
+        error_counts: every problem counted by code, including those past ``max_errors``.
+        token_stats: ``total``, ``min``, ``max``, ``mean``, ``p50``, ``p95`` of the estimated token counts of
+            valid examples, or None when no tokenizer was given (or nothing was valid).
+        n_over_context: valid examples whose estimated token count exceeds ``max_context``.
+        min_examples: the minimum number of valid examples asked for.
+        max_errors: how many problems ``errors`` keeps.
+    """
+
+    n_lines: int = 0
+    n_examples: int = 0
+    n_invalid: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_counts: dict[str, int] = field(default_factory=dict)
+    token_stats: dict[str, float] | None = None
+    n_over_context: int = 0
+    min_examples: int = 1
+    max_errors: int = 20
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no problem and at least ``min_examples`` valid examples."""
+        return not self.error_counts and self.n_examples >= self.min_examples
+
+    def add_error(self, line: int | None, code: str, message: str) -> None:
+        """Count a problem, and keep its details if fewer than ``max_errors`` are kept."""
+        self.error_counts[code] = self.error_counts.get(code, 0) + 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append({"line": line, "code": code, "message": message})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field plus ``ok``."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def _token_stats(counts: list[int]) -> dict[str, float]:
+    ordered = sorted(counts)
+
+    def nearest_rank(q: float) -> int:  # the nearest-rank percentile: always one of the observed counts
+        return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+    return {
+        "total": sum(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+        "p50": nearest_rank(0.50),
+        "p95": nearest_rank(0.95),
+    }
+
+
+def _count_and_check(
+    report: ValidationReport, example: Example, count_tokens: Callable[[str], int], max_context: int | None
+) -> int:
+    """Estimate an example's tokens, recording ``too_many_tokens`` if it is over ``max_context``."""
+    n_tokens = int(count_tokens(example_text(example)))
+    if max_context is not None and n_tokens > max_context:
+        report.n_over_context += 1
+        message = f"line {example.line}: about {n_tokens} tokens, more than the context of {max_context}"
+        report.add_error(example.line, "too_many_tokens", message)
+    return n_tokens
+
+
+def validate_jsonl(
+    path: str | os.PathLike,
+    *,
+    count_tokens: Callable[[str], int] | None = None,
+    max_context: int | None = None,
+    max_errors: int = 20,
+    min_examples: int = 1,
+) -> ValidationReport:
+    """Check a whole JSONL file and report every problem, streaming it line by line.
+
+    Unlike ``iter_examples`` this keeps going after a bad line. Only one integer per valid example (its token
+    count) is held in memory, never the examples.
+
+    Args:
+        path: the JSONL file.
+        count_tokens: counts the tokens of a string (e.g. ``lambda s: len(tok(s).input_ids)``); applied to
+            ``example_text``, so the counts are estimates. Without it there are no token statistics.
+        max_context: examples estimated longer than this are counted in ``n_over_context`` and reported as
+            ``too_many_tokens``; needs ``count_tokens``.
+        max_errors: how many problems to keep in detail (all are counted).
+        min_examples: fewer valid examples than this is a ``too_few_examples`` problem.
+
+    Returns:
+        The report; ``report.ok`` says whether the file can be trained on as is.
+
+    Raises:
+        ConfigError: ``max_context`` was given without ``count_tokens``.
+        OSError: the file cannot be opened.
+    """
+    if max_context is not None and count_tokens is None:
+        raise ConfigError("`max_context` needs `count_tokens` to count tokens", param="max_context")
+    report = ValidationReport(min_examples=min_examples, max_errors=max_errors)
+    counts: list[int] = []
+    n_nonblank = 0
+    for line, item in _iter_lines(path):
+        report.n_lines = line
+        if item is None:
+            continue
+        n_nonblank += 1
+        if isinstance(item, DataFormatError):
+            report.n_invalid += 1
+            report.add_error(line, item.code, item.message)
+            continue
+        report.n_examples += 1
+        report.formats[item.kind] = report.formats.get(item.kind, 0) + 1
+        if count_tokens is not None:
+            counts.append(_count_and_check(report, item, count_tokens, max_context))
+    if counts:
+        report.token_stats = _token_stats(counts)
+    if n_nonblank == 0:
+        report.add_error(None, "empty_file", "the file has no examples (it is empty or blank)")
+    elif report.n_examples < min_examples:
+        message = f"{report.n_examples} valid example(s); at least {min_examples} are needed"
+        report.add_error(None, "too_few_examples", message)
+    return report
