@@ -71,9 +71,9 @@ class ESFTAdapter:
 
     def to_config(self) -> dict[str, Any]:
         return {
+            **self.expert_config.to_dict(),
             "schema": ADAPTER_SCHEMA,
             "peft_type": "ESFT",
-            **self.expert_config.to_dict(),
             "row_tensors": dict(sorted(self.row_tensors.items())),
             "training": self.metadata,
         }

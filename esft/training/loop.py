@@ -187,8 +187,8 @@ def train(
         ``TrainResult`` holding the trained (still split) model and the run's numbers.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     run = _setup(model, train_data, expert_config, config, out_dir, resume, pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the run is known to be valid
     lengths = [len(ex.input_ids) for ex in train_data]
     batches = _micro_batches(lengths, config, run.state)
     metrics = _MetricsLog(out_dir / METRICS_NAME, run.state.step)
