@@ -65,7 +65,7 @@ def _progress_bar(description: str) -> Iterator:
 @app.command("toy-model")
 def toy_model(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the model and tokenizer to.")],
-    family: Annotated[str, typer.Option(help="MoE family (model_type), e.g. deepseek_v2, qwen3_moe, mixtral.")] = "deepseek_v2",
+    family: Annotated[str, typer.Option(help="MoE family (model_type): deepseek_v2, qwen3_moe, ...")] = "deepseek_v2",
     layers: Annotated[int, typer.Option(help="MoE decoder layers.")] = 2,
     experts: Annotated[int, typer.Option(help="Routed experts per layer.")] = 8,
     top_k: Annotated[int, typer.Option("--top-k", help="Experts per token.")] = 2,
@@ -107,7 +107,7 @@ def select(
     scores: Annotated[Path, typer.Option("--scores", help="Scores JSON from `esft score`.")],
     out: Annotated[Path, typer.Option("--out", help="Expert config JSON to write.")],
     score_function: Annotated[str, typer.Option(help="token or gate.")] = "token",
-    top_p: Annotated[float | None, typer.Option(help="Cumulative score per layer (default 0.2 token, 0.1 gate).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Cumulative score per layer (0.2 token, 0.1 gate).")] = None,
     max_experts_per_layer: Annotated[int | None, typer.Option(help="Optional cap per layer.")] = None,
 ) -> None:
     """Select experts per layer until their cumulative score reaches top_p."""

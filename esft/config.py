@@ -68,7 +68,7 @@ class SelectionConfig(_JSONConfig):
     """Per-layer top-p selection of experts (paper section 3.3)."""
 
     score_function: ScoreFunction = "token"
-    top_p: float | None = field(default=None, metadata={"help": "cumulative score to reach; default 0.2 token, 0.1 gate"})
+    top_p: float | None = field(default=None, metadata={"help": "cumulative score per layer (0.2 token, 0.1 gate)"})
     max_experts_per_layer: int | None = field(default=None, metadata={"help": "optional cap per layer"})
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 from esft.adapters.adapter import ESFTAdapter
 from esft.adapters.merge import merge_adapter, save_merged
-from esft.adapters.swap import AppliedAdapter, apply_adapter, applied, check_compatible, restore
+from esft.adapters.swap import AppliedAdapter, applied, apply_adapter, check_compatible, restore
 
 __all__ = [
     "AppliedAdapter",

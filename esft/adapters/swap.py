@@ -42,7 +42,9 @@ def check_compatible(model: nn.Module, adapter: ESFTAdapter) -> None:
         try:
             param = model.get_parameter(key)
         except AttributeError:
-            raise AdapterMismatchError(f"adapter tensor {key!r} has no parameter in this model", param="adapter") from None
+            raise AdapterMismatchError(
+                f"adapter tensor {key!r} has no parameter in this model", param="adapter"
+            ) from None
         expected = param.shape[1:] if key in adapter.row_tensors else param.shape
         actual = tensor.shape[1:] if key in adapter.row_tensors else tensor.shape
         if tuple(expected) != tuple(actual):

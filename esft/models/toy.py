@@ -134,10 +134,8 @@ def _cycle(kinds: list[str], layers: int) -> list[str]:
     return [kinds[i % len(kinds)] for i in range(layers)]
 
 
-def _hybrid(layers: int) -> list[str]:
-    """Full-attention and recurrent (Mamba) mixers, alternating; hybrid caches need an attention layer."""
-    return _cycle(["full_attention", "linear_attention"], layers)
-
+# Hybrid mixers alternate, attention first: the hybrid caches need an attention layer.
+_HYBRID = ["full_attention", "linear_attention"]
 
 # Per-family quirks, applied after the generic values and before the caller's overrides.
 # fmt: off
@@ -152,7 +150,7 @@ _FAMILY_EXTRAS: dict[str, Callable[[_Shape], dict[str, Any]]] = {
     # per-layer embeddings default to 262144 x 256 per layer: shrink them
     "gemma4_text": lambda s: {"vocab_size_per_layer_input": s.vocab_size, "hidden_size_per_layer_input": 16},
     "granitemoehybrid": lambda s: {
-        "layer_types": _hybrid(s.layers), "mamba_n_heads": _HEADS, "mamba_d_head": 2 * s.head_dim,
+        "layer_types": _cycle(_HYBRID, s.layers), "mamba_n_heads": _HEADS, "mamba_d_head": 2 * s.head_dim,
         "mamba_d_state": 16, "mamba_n_groups": 1,
     },
     # attention every second layer (the others Mamba), pure-torch Mamba path (no CUDA kernels)
@@ -172,7 +170,7 @@ _FAMILY_EXTRAS: dict[str, Callable[[_Shape], dict[str, Any]]] = {
     },
     # `layers` counts MoE blocks; each follows a mixer block (attention, then Mamba, alternating)
     "nemotron_h": lambda s: {
-        "layer_types": [block for mixer in _hybrid(s.layers) for block in (mixer, "moe")],
+        "layer_types": [block for mixer in _cycle(_HYBRID, s.layers) for block in (mixer, "moe")],
         "use_mamba_kernels": False, "mamba_num_heads": _HEADS, "mamba_head_dim": 2 * s.head_dim,
         "ssm_state_size": 16, "n_groups": 1,
     },
@@ -205,14 +203,13 @@ def _layer_type_lists(defaults: PretrainedConfig, layers: int) -> dict[str, Any]
 
 
 # Families in which every decoder layer is an MoE layer (no dense-MLP layer option).
-_NO_DENSE_LAYERS: frozenset[str] = frozenset(
-    {
-        "aria_text", "deepseek_v4", "flex_olmo", "gemma4_text", "gpt_oss", "granitemoe", "granitemoe_swa",
-        "granitemoehybrid", "granitemoeshared", "hunyuan_v1_moe", "inkling2_text", "jamba", "kolibri1",
-        "minimax", "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen3_5_moe_text", "qwen4_exp_text",
-        "solar_open", "zaya",
-    }
-)  # fmt: skip
+# fmt: off
+_NO_DENSE_LAYERS: frozenset[str] = frozenset({
+    "aria_text", "deepseek_v4", "flex_olmo", "gemma4_text", "gpt_oss", "granitemoe", "granitemoe_swa",
+    "granitemoehybrid", "granitemoeshared", "hunyuan_v1_moe", "inkling2_text", "jamba", "kolibri1", "minimax",
+    "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen3_5_moe_text", "qwen4_exp_text", "solar_open", "zaya",
+})
+# fmt: on
 
 
 def _dense_prefix(family: str, config: PretrainedConfig, dense: int) -> dict[str, Any]:
@@ -222,10 +219,9 @@ def _dense_prefix(family: str, config: PretrainedConfig, dense: int) -> dict[str
             f"`first_k_dense_replace`: family {family!r} has no dense decoder layers; leave it at 0",
             param="first_k_dense_replace",
         )
-    if family == "nemotron_h":
-        moe_blocks = [i for i, block in enumerate(config.layers_block_type) if block == "moe"][:dense]
-        blocks = config.layers_block_type
-        return {"layer_types": ["mlp" if i in moe_blocks else block for i, block in enumerate(blocks)]}
+    if family == "nemotron_h":  # blocks alternate mixer, moe: the first `dense` moe blocks become mlp
+        blocks = list(config.layers_block_type)
+        return {"layer_types": ["mlp" if i < 2 * dense and b == "moe" else b for i, b in enumerate(blocks)]}
     candidates = {
         "first_k_dense_replace": dense,
         "num_dense_layers": dense,
@@ -237,15 +233,6 @@ def _dense_prefix(family: str, config: PretrainedConfig, dense: int) -> dict[str
     if isinstance(known.get("mlp_layer_types"), list):
         values["mlp_layer_types"] = ["dense"] * dense + known["mlp_layer_types"][dense:]
     return values
-
-
-def _check_family(family: str) -> None:
-    if family not in TOY_FAMILIES:
-        reason = f" ({TOY_SKIPPED[family]})" if family in TOY_SKIPPED else ""
-        raise UnsupportedModelError(
-            f"`family`: no toy model for {family!r}{reason}; choose one of: {', '.join(TOY_FAMILIES)}",
-            param="family",
-        )
 
 
 def toy_config(
@@ -271,7 +258,8 @@ def toy_config(
         hidden: hidden size; must be a multiple of 4 (the number of attention heads). Experts use
             ``max(16, hidden // 2)`` as intermediate size, dense MLPs ``2 * hidden``.
         vocab_size: vocabulary size of the model (at least the tokenizer's).
-        shared_experts: shared experts per layer, for families that have them.
+        shared_experts: shared experts per layer, for families that have them (``dots3_note_text``,
+            ``inkling_text`` and ``qwen4_exp_text`` need at least one).
         **overrides: config attributes to set last, e.g. ``topk_method="group_limited_greedy", n_group=4,
             topk_group=2``. ``first_k_dense_replace=k`` makes the first ``k`` layers dense in any family that
             has dense layers.
@@ -288,8 +276,12 @@ def toy_config(
         >>> config.num_experts, config.num_experts_per_tok
         (4, 1)
     """
-    _check_family(family)
-    _check_sizes(layers=layers, experts=experts, top_k=top_k, hidden=hidden)
+    if family not in TOY_FAMILIES:
+        reason = f" ({TOY_SKIPPED[family]})" if family in TOY_SKIPPED else ""
+        message = f"`family`: no toy model for {family!r}{reason}; choose one of: {', '.join(TOY_FAMILIES)}"
+        raise UnsupportedModelError(message, param="family")
+    dense = overrides.pop("first_k_dense_replace", 0)
+    _check_sizes(layers=layers, experts=experts, top_k=top_k, hidden=hidden, dense=dense)
     shape = _Shape(layers, experts, top_k, hidden, shared_experts, vocab_size)
     config_class = CONFIG_MAPPING[family]
     defaults = config_class()
@@ -297,19 +289,17 @@ def toy_config(
     values = {name: value for name, value in _generic_values(shape).items() if name in settable}
     values.update({k: v for k, v in _layer_type_lists(defaults, layers).items() if k in settable})
     values.update(_FAMILY_EXTRAS.get(family, lambda _: {})(shape))
-    dense = overrides.pop("first_k_dense_replace", 0)
     config = config_class(**{**values, **overrides})
     if dense:
-        if not 0 < dense < layers:
-            message = f"`first_k_dense_replace` must be in [0, `layers`={layers}), got {dense}"
-            raise ConfigError(message, param="first_k_dense_replace")
         config = config_class(**{**values, **_dense_prefix(family, config, dense), **overrides})
     return config
 
 
-def _check_sizes(*, layers: int, experts: int, top_k: int, hidden: int) -> None:
+def _check_sizes(*, layers: int, experts: int, top_k: int, hidden: int, dense: int) -> None:
     sizes = {"layers": layers, "experts": experts}
     problems = [f"`{name}` must be >= 1, got {value}" for name, value in sizes.items() if value < 1]
+    if dense != 0 and not 0 < dense < layers:
+        problems.append(f"`first_k_dense_replace` must be in [0, `layers`={layers}), got {dense}")
     if not 1 <= top_k <= experts:
         problems.append(f"`top_k` must be between 1 and `experts` ({experts}), got {top_k}")
     if hidden < 16 or hidden % _HEADS:
@@ -362,14 +352,9 @@ def _spread_zero_routers(model: torch.nn.Module, std: float) -> None:
     expert_params = {id(p) for m in experts for p in m.parameters()}
     with torch.no_grad():
         for name, param in model.named_parameters():
-            is_router = any(word in name for word in ("gate", "router")) and name.endswith("weight")
-            if (
-                is_router
-                and param.ndim == 2
-                and param.shape[0] in expert_counts
-                and id(param) not in expert_params
-                and not param.any()
-            ):
+            is_router = ("gate" in name or "router" in name) and name.endswith("weight") and param.ndim == 2
+            is_router = is_router and param.shape[0] in expert_counts and id(param) not in expert_params
+            if is_router and not param.any():
                 param.normal_(0.0, std)
 
 
@@ -392,12 +377,8 @@ def build_toy_model(
     Args:
         out_dir: directory to write (created if missing).
         family: a model type from ``TOY_FAMILIES``.
-        layers: number of MoE decoder layers.
-        experts: routed experts per layer.
-        top_k: experts chosen per token.
-        hidden: hidden size.
+        layers, experts, top_k, hidden, **overrides: as for ``toy_config``.
         seed: seed for the weight initialisation.
-        **overrides: passed to ``toy_config``.
 
     Returns:
         ``out_dir`` as a ``Path``.

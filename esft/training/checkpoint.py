@@ -74,7 +74,8 @@ def _flatten(masters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Opti
             param_index.append(name)
             tensors[f"param.{name}"] = p.detach().contiguous()
             for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"optim.{name}.{key}"] = value.detach().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+                value = value.detach().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"optim.{name}.{key}"] = value
     return tensors, param_index
 
 

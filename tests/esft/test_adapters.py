@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from esft import workflows
-from esft.adapters import ESFTAdapter, apply_adapter, applied, restore
+from esft.adapters import ESFTAdapter, applied, apply_adapter, restore
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from esft.errors import AdapterMismatchError, ConfigError
@@ -20,8 +20,13 @@ from tests.conftest import CORE_FAMILIES
 def _train(model_dir, data, tmp_path, steps=4):
     workflows.score(model_dir, data, tmp_path / "scores.json", ScoringConfig(batch_size=8))
     workflows.select(tmp_path / "scores.json", SelectionConfig("token", 0.3), tmp_path / "experts.json")
-    return workflows.train(model_dir, data, tmp_path / "experts.json", tmp_path / "adapter",
-                           TrainingConfig(max_steps=steps, learning_rate=1e-2, batch_size=8))
+    return workflows.train(
+        model_dir,
+        data,
+        tmp_path / "experts.json",
+        tmp_path / "adapter",
+        TrainingConfig(max_steps=steps, learning_rate=1e-2, batch_size=8),
+    )
 
 
 def _logits(model, ids):

@@ -20,32 +20,78 @@ def _run(*args):
 
 def test_readme_chain_toy_score_select_train_merge_generate(tmp_path, chat_data):
     """Runs the real console entry point in a subprocess, as the README shows."""
+
     def esft(*args):
-        proc = subprocess.run([sys.executable, "-m", "esft.cli", *map(str, args)], capture_output=True, text=True,
-                              cwd=tmp_path, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "esft.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
 
     esft("toy-model", "toy", "--family", "deepseek_v2", "--layers", "2", "--experts", "8", "--top-k", "2")
     esft("score", "--model", "toy", "--data", chat_data, "--out", "scores.json", "--response-only")
-    esft("select", "--scores", "scores.json", "--score-function", "token", "--top-p", "0.2", "--out", "experts.json")
-    esft("train", "--model", "toy", "--data", chat_data, "--expert-config", "experts.json", "--out", "adapter",
-         "--max-steps", "3", "--lr", "1e-3", "--batch-size", "4", "--seq-len", "128")
+    esft(
+        "select",
+        "--scores",
+        "scores.json",
+        "--score-function",
+        "token",
+        "--top-p",
+        "0.2",
+        "--out",
+        "experts.json",
+    )
+    esft(
+        "train",
+        "--model",
+        "toy",
+        "--data",
+        chat_data,
+        "--expert-config",
+        "experts.json",
+        "--out",
+        "adapter",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "128",
+    )
     esft("merge", "--model", "toy", "--adapter", "adapter", "--out", "merged")
     esft("plot", "--scores", "scores.json", "--expert-config", "experts.json", "--out", "scores.png")
-    out = esft("generate", "--model", "toy", "--adapter", "adapter", "--prompt", "add 1 and 4", "--max-new-tokens", "4")
+    out = esft(
+        "generate",
+        "--model",
+        "toy",
+        "--adapter",
+        "adapter",
+        "--prompt",
+        "add 1 and 4",
+        "--max-new-tokens",
+        "4",
+    )
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "merged" / "config.json").is_file()
     assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert isinstance(out.stdout, str)
 
 
-@pytest.mark.parametrize("line,code", [
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "robot"),
-    ('{"messages": [{"role": "user", "content": "only a question"}]}', "assistant"),
-    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}', "content"),
-    ('{"messages": [ not json', "JSON"),
-])
+@pytest.mark.parametrize(
+    "line,code",
+    [
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "robot"),
+        ('{"messages": [{"role": "user", "content": "only a question"}]}', "assistant"),
+        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}', "content"),
+        ('{"messages": [ not json', "JSON"),
+    ],
+)
 def test_bad_data_is_reported_with_its_line_and_no_output(line, code, tmp_path, model_dirs):
     data = tmp_path / "bad.jsonl"
     good = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
@@ -70,8 +116,14 @@ def test_non_moe_model_names_the_family(tmp_path, chat_data):
     from esft.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=4)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     result = _run("score", "--model", tmp_path / "llama", "--data", chat_data, "--out", tmp_path / "s.json")
@@ -82,8 +134,11 @@ def test_non_moe_model_names_the_family(tmp_path, chat_data):
 @pytest.mark.parametrize("top_p", ["0", "1.5", "-0.2"])
 def test_top_p_outside_range_is_rejected(top_p, tmp_path):
     scores = tmp_path / "scores.json"
-    scores.write_text(json.dumps({"layers": {"0": {"token": [0.5, 0.5], "gate": [0.5, 0.5],
-                                                   "gate_raw": [0.4, 0.4], "top_k": 1}}}))
+    scores.write_text(
+        json.dumps(
+            {"layers": {"0": {"token": [0.5, 0.5], "gate": [0.5, 0.5], "gate_raw": [0.4, 0.4], "top_k": 1}}}
+        )
+    )
     result = _run("select", "--scores", scores, "--top-p", top_p, "--out", tmp_path / "e.json")
     assert result.exit_code == 2 and "top_p must be in (0, 1]" in result.output
     assert not (tmp_path / "e.json").exists()
@@ -91,8 +146,21 @@ def test_top_p_outside_range_is_rejected(top_p, tmp_path):
 
 def test_failed_training_leaves_no_adapter(tmp_path, model_dirs, chat_data):
     experts = tmp_path / "experts.json"
-    experts.write_text(json.dumps({"experts": {"0": [99]}, "shared_experts": False, "non_expert_modules": False}))
-    result = _run("train", "--model", model_dirs("mixtral"), "--data", chat_data, "--expert-config", experts,
-                  "--out", tmp_path / "adapter", "--max-steps", "1")
+    experts.write_text(
+        json.dumps({"experts": {"0": [99]}, "shared_experts": False, "non_expert_modules": False})
+    )
+    result = _run(
+        "train",
+        "--model",
+        model_dirs("mixtral"),
+        "--data",
+        chat_data,
+        "--expert-config",
+        experts,
+        "--out",
+        tmp_path / "adapter",
+        "--max-steps",
+        "1",
+    )
     assert result.exit_code == 2 and "layer 0 has experts 0..7" in result.output
     assert not (tmp_path / "adapter").exists()

@@ -20,7 +20,8 @@ def _naive_scores(model, examples, response_only: bool):
     seen: dict[int, tuple] = {}
     hooks = [
         layer.experts(model).register_forward_pre_hook(
-            lambda m, args, i=layer.layer_index: seen.__setitem__(i, (args[1].clone(), args[2].clone())))
+            lambda m, args, i=layer.layer_index: seen.__setitem__(i, (args[1].clone(), args[2].clone()))
+        )
         for layer in layers
     ]
     token = {ly.layer_index: torch.zeros(ly.num_experts, dtype=torch.float64) for ly in layers}
@@ -50,22 +51,31 @@ def _naive_scores(model, examples, response_only: bool):
 def test_scores_match_naive_reference(family, response_only, model_dirs, chat_data):
     model, tokenizer = load_model(model_dirs(family))
     examples, _ = tokenize_examples(read_examples(chat_data), tokenizer, seq_len=256, overflow="truncate")
-    scores = score_experts(model, examples, ScoringConfig(batch_size=5, response_only=response_only),
-                           pad_token_id=tokenizer.pad_token_id)
+    scores = score_experts(
+        model,
+        examples,
+        ScoringConfig(batch_size=5, response_only=response_only),
+        pad_token_id=tokenizer.pad_token_id,
+    )
     reference = _naive_scores(model, examples, response_only)
     assert scores.n_sequences == len(examples)
     for i, (token, gate) in reference.items():
         layer = scores.layers[i]
-        torch.testing.assert_close(torch.tensor(layer.token, dtype=torch.float64), token, rtol=1e-6, atol=1e-9)
-        torch.testing.assert_close(torch.tensor(layer.gate_raw, dtype=torch.float64), gate, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(
+            torch.tensor(layer.token, dtype=torch.float64), token, rtol=1e-6, atol=1e-9
+        )
+        torch.testing.assert_close(
+            torch.tensor(layer.gate_raw, dtype=torch.float64), gate, rtol=1e-4, atol=1e-7
+        )
         assert sum(layer.token) == pytest.approx(1.0)
         assert sum(layer.gate) == pytest.approx(1.0)
 
 
 def test_group_limited_routing_is_captured_not_recomputed(model_dirs, chat_data):
     """DeepSeek-V2 group-limited routing: scores come from the real choices, never top-k of logits."""
-    model, tokenizer = load_model(model_dirs("deepseek_v2", experts=8, topk_method="group_limited_greedy",
-                                             n_group=4, topk_group=1))
+    model, tokenizer = load_model(
+        model_dirs("deepseek_v2", experts=8, topk_method="group_limited_greedy", n_group=4, topk_group=1)
+    )
     examples, _ = tokenize_examples(read_examples(chat_data), tokenizer, seq_len=256, overflow="truncate")
     scores = score_experts(model, examples, ScoringConfig(batch_size=4), pad_token_id=tokenizer.pad_token_id)
     reference = _naive_scores(model, examples, False)
@@ -77,8 +87,12 @@ def test_token_budget_stops_early_and_padding_never_counts(model_dirs, chat_data
     model, tokenizer = load_model(model_dirs("qwen3_moe"))
     examples, _ = tokenize_examples(read_examples(chat_data), tokenizer, seq_len=256, overflow="truncate")
     budget = sum(len(e.input_ids) for e in examples[:3])
-    scores = score_experts(model, examples, ScoringConfig(batch_size=2, n_sample_tokens=budget),
-                           pad_token_id=tokenizer.pad_token_id)
+    scores = score_experts(
+        model,
+        examples,
+        ScoringConfig(batch_size=2, n_sample_tokens=budget),
+        pad_token_id=tokenizer.pad_token_id,
+    )
     assert scores.n_sequences == 3
     assert scores.n_tokens == budget  # padding of the shorter sequences is not counted
 

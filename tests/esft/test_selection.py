@@ -45,8 +45,12 @@ def test_gate_raw_values_are_normalised_within_the_layer():
 
 
 def test_select_experts_uses_the_chosen_score_and_records_provenance():
-    scores = ExpertScores({1: LayerScores([0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.1, 0.3], 2)}, 10, 2,
-                          base_model={"model_type": "mixtral", "config_hash": "sha256:x"})
+    scores = ExpertScores(
+        {1: LayerScores([0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.1, 0.3], 2)},
+        10,
+        2,
+        base_model={"model_type": "mixtral", "config_hash": "sha256:x"},
+    )
     token = select_experts(scores, SelectionConfig("token", 0.5))
     gate = select_experts(scores, SelectionConfig("gate", 0.5))
     assert token.experts == {1: [0]} and gate.experts == {1: [2]}
@@ -85,8 +89,17 @@ def test_config_for_another_model_or_missing_layers_is_rejected():
         ExpertConfig({7: [0]}).check_model({}, {1: 8})
 
 
-@pytest.mark.parametrize("bad", [{"experts": []}, {"experts": {"x": [1]}}, {"experts": {"1": [1, 1]}},
-                                 {"experts": {"1": ["a"]}}, [], {"experts": {}, "shared_experts": "yes"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"experts": []},
+        {"experts": {"x": [1]}},
+        {"experts": {"1": [1, 1]}},
+        {"experts": {"1": ["a"]}},
+        [],
+        {"experts": {}, "shared_experts": "yes"},
+    ],
+)
 def test_malformed_expert_configs_name_the_problem(bad):
     with pytest.raises(ConfigError):
         ExpertConfig.from_dict(bad)

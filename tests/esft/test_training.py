@@ -34,12 +34,19 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(family, model_dirs, cha
     workflows.train(model_dir, chat_data, experts, tmp_path / "full", TrainingConfig(max_steps=8, **config))
     # First half, stopped by the caller after step 4 ...
     with pytest.raises(TrainingCancelled):
-        workflows.train(model_dir, chat_data, experts, tmp_path / "split", TrainingConfig(max_steps=8, **config),
-                        should_stop=_stop_after(4))
+        workflows.train(
+            model_dir,
+            chat_data,
+            experts,
+            tmp_path / "split",
+            TrainingConfig(max_steps=8, **config),
+            should_stop=_stop_after(4),
+        )
     assert [p.name for p in list_checkpoints(tmp_path / "split")][-1] == "step-4"
     # ... then resumed in a new process-like call from the checkpoint.
-    workflows.train(model_dir, chat_data, experts, tmp_path / "split", TrainingConfig(max_steps=8, **config),
-                    resume=True)
+    workflows.train(
+        model_dir, chat_data, experts, tmp_path / "split", TrainingConfig(max_steps=8, **config), resume=True
+    )
     full = load_file(str(tmp_path / "full" / ADAPTER_WEIGHTS_NAME))
     split = load_file(str(tmp_path / "split" / ADAPTER_WEIGHTS_NAME))
     assert full.keys() == split.keys()
@@ -59,13 +66,20 @@ def test_existing_checkpoints_need_resume(model_dirs, chat_data, tmp_path):
     model_dir = model_dirs("qwen3_moe")
     experts = _expert_config(model_dir, chat_data, tmp_path)
     with pytest.raises(TrainingCancelled):
-        workflows.train(model_dir, chat_data, experts, tmp_path / "run", TrainingConfig(max_steps=4),
-                        should_stop=lambda: True)
+        workflows.train(
+            model_dir,
+            chat_data,
+            experts,
+            tmp_path / "run",
+            TrainingConfig(max_steps=4),
+            should_stop=lambda: True,
+        )
     with pytest.raises(CheckpointError, match="resume"):
         workflows.train(model_dir, chat_data, experts, tmp_path / "run", TrainingConfig(max_steps=4))
     with pytest.raises(CheckpointError, match="different settings"):
-        workflows.train(model_dir, chat_data, experts, tmp_path / "run", TrainingConfig(max_steps=4, seed=9),
-                        resume=True)
+        workflows.train(
+            model_dir, chat_data, experts, tmp_path / "run", TrainingConfig(max_steps=4, seed=9), resume=True
+        )
 
 
 def test_bf16_training_keeps_fp32_masters(model_dirs, chat_data, tmp_path):
@@ -76,16 +90,24 @@ def test_bf16_training_keeps_fp32_masters(model_dirs, chat_data, tmp_path):
     prepared = prepare_model(model, ExpertConfig({0: [1, 2]}))
     params = prepared.trainable_parameters()
     assert params and all(p.dtype == torch.float32 for p in params.values())
-    out = workflows.train(model_dirs("mixtral"), chat_data, _expert_config(model_dirs("mixtral"), chat_data, tmp_path),
-                          tmp_path / "bf16", TrainingConfig(max_steps=2, dtype="bfloat16", learning_rate=1e-3))
+    out = workflows.train(
+        model_dirs("mixtral"),
+        chat_data,
+        _expert_config(model_dirs("mixtral"), chat_data, tmp_path),
+        tmp_path / "bf16",
+        TrainingConfig(max_steps=2, dtype="bfloat16", learning_rate=1e-3),
+    )
     weights = load_file(str(out.adapter_dir / ADAPTER_WEIGHTS_NAME))
     assert all(t.dtype == torch.bfloat16 for t in weights.values())  # the adapter matches the base dtype
 
 
-@pytest.mark.parametrize("flags,expect", [
-    ({"shared_experts": True}, "shared"),
-    ({"non_expert_modules": True}, "self_attn"),
-])
+@pytest.mark.parametrize(
+    "flags,expect",
+    [
+        ({"shared_experts": True}, "shared"),
+        ({"non_expert_modules": True}, "self_attn"),
+    ],
+)
 def test_paper_variants_add_their_tensors_to_the_adapter(flags, expect, model_dirs, chat_data, tmp_path):
     model_dir = model_dirs("qwen2_moe")
     experts = _expert_config(model_dir, chat_data, tmp_path, **flags)
@@ -100,7 +122,12 @@ def test_paper_variants_add_their_tensors_to_the_adapter(flags, expect, model_di
 def test_training_reduces_loss_on_the_task(model_dirs, chat_data, tmp_path):
     model_dir = model_dirs("deepseek_v2")
     experts = _expert_config(model_dir, chat_data, tmp_path)
-    out = workflows.train(model_dir, chat_data, experts, tmp_path / "run",
-                          TrainingConfig(max_steps=30, learning_rate=5e-3, batch_size=8, lr_scheduler="constant"))
+    out = workflows.train(
+        model_dir,
+        chat_data,
+        experts,
+        tmp_path / "run",
+        TrainingConfig(max_steps=30, learning_rate=5e-3, batch_size=8, lr_scheduler="constant"),
+    )
     losses = [json.loads(x)["loss"] for x in (out.adapter_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5

@@ -1,0 +1,164 @@
+"""ESFT vs full fine-tuning on one MoE model: step time, trainable share, gradient+optimizer bytes, peak RSS,
+and the cost of a scoring pass relative to a plain forward pass. Prints one JSON object.
+
+Each measurement runs in its own subprocess so peak RSS is that mode's alone.
+
+    python bench/esft_vs_fft.py                  # the documented configuration (hidden 512, 8 layers, 64x top-6)
+    python bench/esft_vs_fft.py --small          # a seconds-long smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(args):
+    """The benchmark model (DeepSeek-V2 family) and fixed random batches, identical in every mode."""
+    from transformers import AutoModelForCausalLM
+
+    from esft.models.toy import toy_config
+
+    config = toy_config("deepseek_v2", layers=args.layers, experts=args.experts, top_k=args.top_k,
+                        hidden=args.hidden, vocab_size=args.vocab, shared_experts=2,
+                        moe_intermediate_size=args.expert_size, intermediate_size=4 * args.hidden)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=g) for _ in range(args.steps + 2)]
+    return model, batches
+
+
+def _step(model, ids, optimizer, masters=None):
+    logits = model(input_ids=ids, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    loss.backward()
+    if masters is not None:
+        masters.grads_to_masters()
+    optimizer.step()
+
+
+def run_train(args, mode: str) -> dict:
+    from esft.config import TrainingConfig
+    from esft.expert_config import ExpertConfig
+    from esft.training.freeze import prepare_model
+    from esft.training.optim import MasterWeights, build_optimizer, state_bytes
+
+    model, batches = build(args)
+    total = sum(p.numel() for p in model.parameters())
+    if mode == "fft":
+        params = dict(model.named_parameters())
+        masters = None
+    else:
+        prepared = prepare_model(model, ExpertConfig.load(args.expert_config))
+        masters = MasterWeights(prepared.trainable_parameters())
+        params = masters.masters
+    optimizer = build_optimizer(params, TrainingConfig(learning_rate=1e-5, weight_decay=0.1))
+    times, bytes_ = [], 0
+    for i, ids in enumerate(batches):
+        start = time.perf_counter()
+        _step(model, ids, optimizer, masters)
+        if i >= 2:  # the first two steps allocate optimizer state and warm kernels
+            times.append(time.perf_counter() - start)
+        bytes_ = state_bytes(optimizer)  # gradients + AdamW moments, before they are cleared
+        optimizer.zero_grad(set_to_none=True)
+    return {"step_s": statistics.median(times), "state_bytes": bytes_, "total_params": total,
+            "trainable_params": sum(p.numel() for p in params.values()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_score(args) -> dict:
+    """Score experts (writes the expert config for the ESFT run) and time scoring vs a plain forward."""
+    from esft.config import ScoringConfig, SelectionConfig
+    from esft.data.tokenize import TokenizedExample
+    from esft.scoring.scores import score_experts
+    from esft.selection import select_experts
+
+    model, batches = build(args)
+    model.eval()
+    examples = [TokenizedExample(row.tolist(), row.tolist(), False, 0) for b in batches for row in b]
+    config = ScoringConfig(batch_size=args.batch, n_sample_tokens=10**9)
+    with torch.inference_mode():
+        for ids in batches[:1]:
+            model(input_ids=ids, use_cache=False)  # warm-up
+    forward, scoring = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for ids in batches:
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        forward.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        scores = score_experts(model, examples, config, pad_token_id=0)
+        scoring.append(time.perf_counter() - start)
+    selected = select_experts(scores, SelectionConfig("token", 0.2))
+    selected.save(args.expert_config)
+    n_experts = args.experts * len(scores.layers)
+    return {"forward_s": min(forward), "scoring_s": min(scoring), "selected_experts": selected.n_selected,
+            "selected_fraction_of_experts": selected.n_selected / n_experts}
+
+
+def _subprocess(mode: str, argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--mode", mode, *argv], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--experts", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=6)
+    parser.add_argument("--expert-size", type=int, default=256, help="moe_intermediate_size")
+    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--repeats", type=int, default=3, help="scoring/forward repeats (best of)")
+    parser.add_argument("--small", action="store_true", help="tiny smoke configuration")
+    parser.add_argument("--mode", choices=["score", "esft", "fft"], help=argparse.SUPPRESS)
+    parser.add_argument("--expert-config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.small:
+        args.hidden, args.layers, args.experts, args.top_k, args.expert_size = 64, 2, 16, 2, 32
+        args.seq, args.steps, args.repeats = 32, 2, 1
+    if args.mode:
+        torch.set_num_threads(torch.get_num_threads())
+        result = run_score(args) if args.mode == "score" else run_train(args, args.mode)
+        print(json.dumps(result))
+        return
+    argv = [a for a in sys.argv[1:]]
+    with tempfile.TemporaryDirectory() as tmp:
+        argv += ["--expert-config", str(Path(tmp) / "experts.json")]
+        score = _subprocess("score", argv)
+        esft = _subprocess("esft", argv)
+        fft = _subprocess("fft", argv)
+    trainable_fraction = esft["trainable_params"] / esft["total_params"]
+    result = {
+        "config": {k: getattr(args, k) for k in ("hidden", "layers", "experts", "top_k", "expert_size", "batch",
+                                                  "seq", "steps")},
+        "torch_threads": torch.get_num_threads(),
+        "step_time_ratio": esft["step_s"] / fft["step_s"],
+        "trainable_fraction": trainable_fraction,
+        "state_bytes_ratio": esft["state_bytes"] / fft["state_bytes"],
+        "state_bytes_ratio_over_trainable_fraction": esft["state_bytes"] / fft["state_bytes"] / trainable_fraction,
+        "peak_rss_ratio": esft["peak_rss_mb"] / fft["peak_rss_mb"],
+        "scoring_overhead": score["scoring_s"] / score["forward_s"],
+        "esft": esft,
+        "fft": fft,
+        "scoring": score,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
