@@ -158,6 +158,7 @@ def train(
             save_every=save_every, seed=seed, train_shared_experts=train_shared_experts,
             train_non_expert_modules=train_non_expert_modules, dtype=dtype,
         )
+        _init_distributed()
         with _progress_bar("training") as progress:
             result = workflows.train(model, data, expert_config, out, config, validation_path=validation_file,
                                      resume=resume, progress=progress)
@@ -229,6 +230,18 @@ def inspect(model: ModelOpt) -> None:
         rows = [{"layer": ly.layer_index, "experts": ly.num_experts, "module": ly.experts_name,
                  "shared": list(ly.shared_names), "router": ly.router_name} for ly in find_moe_layers(loaded)]
     typer.echo(json.dumps(rows, indent=2))
+
+
+def _init_distributed() -> None:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _register_plugins() -> None:

@@ -22,6 +22,7 @@ from esft.errors import ConfigError
 from esft.expert_config import ExpertConfig
 from esft.io import write_json_atomic
 from esft.models.identity import identity_of
+from esft.parallel.data_parallel import barrier, is_main, world
 from esft.scoring.scores import ExpertScores, score_experts
 from esft.selection import select_experts
 from esft.training.loop import train as train_loop
@@ -126,7 +127,7 @@ def train(
     # The paper's variants can be asked for in the expert config or in the training config.
     expert_config.shared_experts |= config.train_shared_experts
     expert_config.non_expert_modules |= config.train_non_expert_modules
-    model, tokenizer = load_model(model_dir, dtype=config.dtype)
+    model, tokenizer = load_model(model_dir, dtype=config.dtype, device=_rank_device())
     train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
     result = train_loop(model, train_data, expert_config, config, out_dir, pad_token_id=tokenizer.pad_token_id,
                         val_data=val_data, resume=resume, progress=progress, should_stop=should_stop)
@@ -134,10 +135,19 @@ def train(
         expert_config.base_model = identity_of(model.config)
     report = {**result.report, "data": _data_report(data_report, len(train_data), len(val_data)),
               "config": config.to_dict()}
-    write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
-    adapter = ESFTAdapter.from_model(result.prepared, expert_config, metadata=report)
-    adapter.write_files(out_dir)
+    if is_main():  # every rank holds the same trained experts; one writes them
+        write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
+        ESFTAdapter.from_model(result.prepared, expert_config, metadata=report).write_files(out_dir)
+    barrier()
     return TrainOutput(out_dir, result.steps, result.trained_tokens, result.final_loss, result.val_loss, report)
+
+
+def _rank_device() -> str | None:
+    """Under torch.distributed with GPUs, rank r trains on GPU r modulo the GPUs this host has."""
+    rank, size = world()
+    if size > 1 and torch.cuda.is_available():
+        return f"cuda:{rank % torch.cuda.device_count()}"
+    return None
 
 
 def _data_report(report: DataReport, n_train: int, n_val: int) -> dict[str, Any]:

@@ -11,6 +11,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    """Tiny models run faster on one thread, and worker subprocesses do not fight the tests for cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
 # The families every acceptance check runs on; the full matrix (esft.models.toy.TOY_FAMILIES) runs the
 # split-training invariants in tests/esft/test_family_matrix.py.
 CORE_FAMILIES = ("deepseek_v2", "deepseek_v3", "qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "gpt_oss")
@@ -20,11 +27,15 @@ def write_chat_jsonl(path: Path, n: int = 24, offset: int = 0) -> Path:
     """A tiny chat task: add two numbers (multi-turn every fourth example)."""
     with path.open("w") as f:
         for i in range(offset, offset + n):
-            messages = [{"role": "user", "content": f"add {i} and {i + 3}"},
-                        {"role": "assistant", "content": str(2 * i + 3)}]
+            messages = [
+                {"role": "user", "content": f"add {i} and {i + 3}"},
+                {"role": "assistant", "content": str(2 * i + 3)},
+            ]
             if i % 4 == 0:
-                messages += [{"role": "user", "content": "and double it?"},
-                             {"role": "assistant", "content": str(2 * (2 * i + 3))}]
+                messages += [
+                    {"role": "user", "content": "and double it?"},
+                    {"role": "assistant", "content": str(2 * (2 * i + 3))},
+                ]
             f.write(json.dumps({"messages": messages}) + "\n")
     return path
 

@@ -15,6 +15,7 @@ UNSUPPORTED_FAMILIES: dict[str, str] = {
     "jetmoe": "its experts are mixture-of-attention and MLP modules without the fused-experts interface",
     "longcat_flash": "its router mixes in zero/identity experts outside the fused-experts module",
     "doge": "its 'experts' are embedding rows (product-key retrieval), not feed-forward experts; ESFT does not apply",
+    "step3p7": "its experts are not decorated with transformers' fused-experts interface (vision-language model)",
     "switch_transformers": "encoder-decoder model with per-expert modules; not a causal-LM MoE",
     "nllb_moe": "encoder-decoder model with per-expert modules; not a causal-LM MoE",
 }

@@ -389,10 +389,8 @@ def build_toy_model(
     Example:
         >>> path = build_toy_model(tmp_path / "toy", family="mixtral")  # doctest: +SKIP
     """
+    model = toy_model(family, seed=seed, layers=layers, experts=experts, top_k=top_k, hidden=hidden, **overrides)
     tokenizer = build_tokenizer()
-    model = toy_model(
-        family, seed=seed, layers=layers, experts=experts, top_k=top_k, hidden=hidden, **overrides
-    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

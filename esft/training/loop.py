@@ -24,6 +24,7 @@ from esft.data.batching import batch_indices, collate
 from esft.data.tokenize import TokenizedExample
 from esft.errors import CheckpointError, ConfigError, TrainingCancelled
 from esft.expert_config import ExpertConfig
+from esft.parallel.data_parallel import all_reduce_grads, all_reduce_sum, barrier, broadcast_flag, is_main, shard, world
 from esft.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from esft.training.freeze import ESFTModel, prepare_model
 from esft.training.optim import MasterWeights, build_optimizer, count_parameters, lr_at, state_bytes
@@ -112,7 +113,7 @@ def _setup(model, train_data, expert_config, config, out_dir: Path, resume: bool
         raise ConfigError("the expert config selects nothing to train", param="expert_config")
     optimizer = build_optimizer(masters.masters, config)
     run_config = {"training": config.to_dict(), "experts": expert_config.to_dict()["experts"],
-                  "n_examples": len(train_data), "pad_id": pad_id}
+                  "n_examples": len(train_data), "pad_id": pad_id, "world_size": world()[1]}
     state, ckpt = TrainerState(), latest_checkpoint(out_dir)
     if ckpt is not None and not resume:
         raise CheckpointError(f"{out_dir} already holds checkpoints of an earlier run; pass resume=True "
@@ -143,17 +144,23 @@ def _optimizer_step(run: _Run, config: TrainingConfig) -> float | None:
 
 
 def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float, int]:
-    """Forward/backward over one accumulation window; loss is normalised by the window's label tokens."""
+    """Forward/backward over one step's micro-batches (this rank's share of them).
+
+    The loss is normalised by the label tokens of the whole window on all ranks, so summing gradients
+    over micro-batches and ranks gives exactly the gradient of one big batch.
+    """
     batches = [collate([train_data[i] for i in idx], pad_id) for idx in window]
     n_targets = max(1, sum(_n_loss_tokens(b) for b in batches))
     loss_total, tokens = 0.0, 0
-    for batch in batches:
+    for batch in shard(batches):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         loss = _loss_sum(run.prepared.model, batch) / n_targets
         loss.backward()
         loss_total += float(loss.detach())
         tokens += int(batch["attention_mask"].sum())
-    return loss_total, tokens
+    all_reduce_grads(run.masters.model_params.values())
+    loss_total, tokens = all_reduce_sum(loss_total, tokens)
+    return loss_total, int(tokens)
 
 
 def train(
@@ -196,7 +203,7 @@ def train(
     loss = val_loss = None
     run.prepared.model.train()
     while run.state.step < run.total:
-        window = [next(batches) for _ in range(config.grad_accum_steps)]
+        window = [next(batches) for _ in range(config.grad_accum_steps * world()[1])]
         loss, tokens = _accumulate(run, [idx for _, idx in window], train_data, pad_token_id)
         grad_norm = _optimizer_step(run, config)
         (epoch, pos) = window[-1][0]
@@ -209,13 +216,13 @@ def train(
                               trained_tokens=run.state.trained_tokens, grad_norm=grad_norm)
         if val_data and (step == run.total or (config.eval_every and step % config.eval_every == 0)):
             val_loss = event.val_loss = evaluate(run.prepared.model, val_data, config.batch_size, pad_token_id)
-        stop = bool(should_stop and should_stop())
+        stop = broadcast_flag(bool(should_stop and should_stop()))
         if step == run.total or stop or (config.save_every and step % config.save_every == 0):
-            event.checkpoint = str(save_checkpoint(out_dir, run.state, run.masters.masters, run.optimizer,
-                                                   run.run_config))
-        metrics.write(event)
-        if progress:
-            progress(event)
+            event.checkpoint = _save(out_dir, run)
+        if is_main():
+            metrics.write(event)
+            if progress:
+                progress(event)
         if stop:
             raise TrainingCancelled(f"training stopped at step {step}; resume from {event.checkpoint}")
     counts = count_parameters(run.prepared.model, run.masters.model_params)
@@ -225,12 +232,21 @@ def train(
     return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)
 
 
+def _save(out_dir: Path, run: _Run) -> str:
+    """Rank 0 writes the checkpoint (every rank holds the same trained tensors); the others wait for it."""
+    path = out_dir / "checkpoints" / f"step-{run.state.step}"
+    if is_main():
+        path = save_checkpoint(out_dir, run.state, run.masters.masters, run.optimizer, run.run_config)
+    barrier()
+    return str(path)
+
+
 class _MetricsLog:
     """Appends one JSON line per step; on resume, drops lines past the checkpoint being resumed."""
 
     def __init__(self, path: Path, resumed_step: int):
         self.path = path
-        if path.exists():
+        if path.exists() and is_main():
             keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resumed_step]
             path.write_text("".join(ln + "\n" for ln in keep))
 

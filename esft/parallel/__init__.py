@@ -1,0 +1,1 @@
+"""Multi-process training with torch.distributed (data parallel over the trainable experts)."""
