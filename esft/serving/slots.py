@@ -67,6 +67,7 @@ class ExpertSlots:
         self._rows: RowAdapters = None
         self._clock = 0
         self._layers = {info.layer_index: self._extend(info) for info in find_moe_layers(model)}
+        self._device = next(iter(self._layers.values())).table.device
         self._hooks = [layer.module.register_forward_pre_hook(self._hook(layer), with_kwargs=True)
                        for layer in self._layers.values()]
 
@@ -76,7 +77,7 @@ class ExpertSlots:
         for name in info.expert_params:
             param = getattr(module, name)
             grown = torch.cat([param.detach(), param.new_zeros(self.rows_per_layer, *param.shape[1:])])
-            setattr(module, name, nn.Parameter(grown, requires_grad=False))
+            setattr(module, name, nn.Parameter(grown, requires_grad=param.requires_grad))
         base = info.num_experts
         module.num_experts = base + self.rows_per_layer
         device = getattr(module, info.expert_params[0]).device
@@ -167,9 +168,12 @@ class ExpertSlots:
 
     def set_rows(self, rows: RowAdapters) -> None:
         """Set which table row each batch row of the next forward passes uses."""
-        if isinstance(rows, torch.Tensor) and rows.numel() and bool((rows == rows[0]).all()):
-            rows = int(rows[0])
-        self._rows = None if rows == 0 else rows
+        if isinstance(rows, torch.Tensor):
+            if rows.numel() and bool((rows == rows[0]).all()):
+                rows = int(rows[0])
+            else:
+                rows = rows.to(self._device)
+        self._rows = None if isinstance(rows, int) and rows == 0 else rows
 
     def _hook(self, layer: _Layer):
         def remap(module: nn.Module, args: tuple, kwargs: dict):
@@ -190,7 +194,7 @@ class ExpertSlots:
         tokens, batch = ids.shape[0], rows.shape[0]
         if tokens % batch:
             raise RuntimeError(f"experts got {tokens} token rows for a batch of {batch}; rows must be batch-major")
-        per_token = rows.to(ids.device).repeat_interleave(tokens // batch)  # [T] table row of each token
+        per_token = rows.repeat_interleave(tokens // batch)  # [T] table row of each token
         return table[per_token.unsqueeze(1), ids].to(top_k_index.dtype)
 
     @torch.no_grad()
@@ -200,7 +204,8 @@ class ExpertSlots:
             hook.remove()
         for layer in self._layers.values():
             for name in layer.info.expert_params:
-                base = getattr(layer.module, name)[: layer.base_experts].clone()
-                setattr(layer.module, name, nn.Parameter(base, requires_grad=False))
+                param = getattr(layer.module, name)
+                base = param[: layer.base_experts].clone()
+                setattr(layer.module, name, nn.Parameter(base, requires_grad=param.requires_grad))
             layer.module.num_experts = layer.base_experts
         self._hooks, self.residents, self._rows = [], {}, None

@@ -196,40 +196,64 @@ def train(
     out_dir = Path(out_dir)
     run = _setup(model, train_data, expert_config, config, out_dir, resume, pad_token_id)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the run is known to be valid
-    lengths = [len(ex.input_ids) for ex in train_data]
-    batches = _micro_batches(lengths, config, run.state)
+    batches = _micro_batches([len(ex.input_ids) for ex in train_data], config, run.state)
     metrics = _MetricsLog(out_dir / METRICS_NAME, run.state.step)
-    start, start_step, start_tokens = time.perf_counter(), run.state.step, run.state.trained_tokens
-    loss = val_loss = None
+    clock = _Clock(run.state)
+    last: ProgressEvent | None = None
+    val_loss = None
     run.prepared.model.train()
     while run.state.step < run.total:
-        window = [next(batches) for _ in range(config.grad_accum_steps * world()[1])]
-        loss, tokens = _accumulate(run, [idx for _, idx in window], train_data, pad_token_id)
-        grad_norm = _optimizer_step(run, config)
-        (epoch, pos) = window[-1][0]
-        run.state = TrainerState(run.state.step + 1, epoch, pos, run.state.trained_tokens + tokens)
-        step = run.state.step
-        elapsed = time.perf_counter() - start
-        event = ProgressEvent("training", step, run.total, loss=loss, lr=lr_at(step - 1, run.total, config),
-                              tokens_per_s=(run.state.trained_tokens - start_tokens) / max(elapsed, 1e-9),
-                              eta_s=elapsed / (step - start_step) * (run.total - step),
-                              trained_tokens=run.state.trained_tokens, grad_norm=grad_norm)
-        if val_data and (step == run.total or (config.eval_every and step % config.eval_every == 0)):
+        event = _train_step(run, batches, train_data, config, pad_token_id, clock)
+        if val_data and _due(event.step, run.total, config.eval_every):
             val_loss = event.val_loss = evaluate(run.prepared.model, val_data, config.batch_size, pad_token_id)
         stop = broadcast_flag(bool(should_stop and should_stop()))
-        if step == run.total or stop or (config.save_every and step % config.save_every == 0):
+        if stop or _due(event.step, run.total, config.save_every):
             event.checkpoint = _save(out_dir, run)
         if is_main():
             metrics.write(event)
             if progress:
                 progress(event)
         if stop:
-            raise TrainingCancelled(f"training stopped at step {step}; resume from {event.checkpoint}")
-    counts = count_parameters(run.prepared.model, run.masters.model_params)
+            raise TrainingCancelled(f"training stopped at step {event.step}; resume from {event.checkpoint}")
+        last = event
+    loss = last.loss if last else None
     report = {"steps": run.state.step, "total_steps": run.total, "trained_tokens": run.state.trained_tokens,
-              "final_loss": loss, "val_loss": val_loss, "parameters": counts,
-              "state_bytes": state_bytes(run.optimizer)}
+              "final_loss": loss, "val_loss": val_loss,
+              "parameters": count_parameters(run.prepared.model, run.masters.model_params),
+              "optimizer_state_bytes": state_bytes(run.optimizer)}
     return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)
+
+
+def _due(step: int, total: int, every: int | None) -> bool:
+    """Eval and checkpoints happen every ``every`` steps and always after the last one."""
+    return step == total or bool(every and step % every == 0)
+
+
+class _Clock:
+    """Throughput and ETA since this process started (or resumed) training."""
+
+    def __init__(self, state: TrainerState):
+        self.start, self.step, self.tokens = time.perf_counter(), state.step, state.trained_tokens
+
+    def rates(self, state: TrainerState, total: int) -> tuple[float, float]:
+        elapsed = time.perf_counter() - self.start
+        tokens_per_s = (state.trained_tokens - self.tokens) / max(elapsed, 1e-9)
+        eta_s = elapsed / max(state.step - self.step, 1) * (total - state.step)
+        return tokens_per_s, eta_s
+
+
+def _train_step(run: _Run, batches: Iterator, train_data, config: TrainingConfig, pad_id: int,
+                clock: _Clock) -> ProgressEvent:
+    """One optimizer step over ``grad_accum_steps`` micro-batches per rank; returns its progress event."""
+    window = [next(batches) for _ in range(config.grad_accum_steps * world()[1])]
+    loss, tokens = _accumulate(run, [idx for _, idx in window], train_data, pad_id)
+    grad_norm = _optimizer_step(run, config)
+    epoch, pos = window[-1][0]
+    run.state = TrainerState(run.state.step + 1, epoch, pos, run.state.trained_tokens + tokens)
+    tokens_per_s, eta_s = clock.rates(run.state, run.total)
+    return ProgressEvent("training", run.state.step, run.total, loss=loss,
+                         lr=lr_at(run.state.step - 1, run.total, config), tokens_per_s=tokens_per_s, eta_s=eta_s,
+                         trained_tokens=run.state.trained_tokens, grad_norm=grad_norm)
 
 
 def _save(out_dir: Path, run: _Run) -> str:
