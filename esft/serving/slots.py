@@ -20,6 +20,7 @@ from torch import nn
 
 from esft.adapters import ESFTAdapter
 from esft.models.discovery import MoELayer, find_moe_layers
+from esft.serving.swap import row_runs
 
 RowAdapters = int | torch.Tensor | None
 """Which table row each batch row uses: ``None`` (all base), one int for all, or ``[B]`` long tensor."""
@@ -145,14 +146,15 @@ class ExpertSlots:
             layer = self._layers[layer_index]
             device = layer.table.device
             expert_ids = torch.tensor(ids, device=device)
-            slot_ids = torch.tensor(offsets[layer_index], device=device) + layer.base_experts
+            slot_rows = [layer.base_experts + offset for offset in offsets[layer_index]]
             for name in layer.info.expert_params:
                 param = getattr(layer.module, name)
                 rows = adapter.tensors.get(f"{layer.info.experts_name}.{name}")
                 if rows is None:  # an expert param the adapter did not save: its base rows
-                    rows = param.index_select(0, expert_ids)
-                param.index_copy_(0, slot_ids, rows.to(device=param.device, dtype=param.dtype))
-            layer.table[index].index_copy_(0, expert_ids, slot_ids)
+                    rows = param[expert_ids]
+                for start, count, first in row_runs(slot_rows):  # plain copies: faster than index_copy_
+                    param.narrow(0, start, count).copy_(rows.narrow(0, first, count))
+            layer.table[index].index_copy_(0, expert_ids, torch.tensor(slot_rows, device=device))
 
     def evict(self, name: str) -> bool:
         """Free an adapter's slot rows (no weights are written: the rows are just no longer routed to)."""
@@ -169,10 +171,8 @@ class ExpertSlots:
     def set_rows(self, rows: RowAdapters) -> None:
         """Set which table row each batch row of the next forward passes uses."""
         if isinstance(rows, torch.Tensor):
-            if rows.numel() and bool((rows == rows[0]).all()):
-                rows = int(rows[0])
-            else:
-                rows = rows.to(self._device)
+            uniform = rows.numel() and bool((rows == rows[0]).all())
+            rows = int(rows[0]) if uniform else rows.to(self._device)
         self._rows = None if isinstance(rows, int) and rows == 0 else rows
 
     def _hook(self, layer: _Layer):

@@ -46,16 +46,22 @@ class SplitExperts(nn.Module):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         num_experts = self.base.num_experts
         local = self.local_of[top_k_index.clamp(0, num_experts)]  # [T, K] twin rows or twin sentinel
-        mine = local < len(self.selected)
+        mine = local < len(self.selected)  # [T, K] choices that go to a trained expert
         base_index = torch.where(mine, torch.full_like(top_k_index, num_experts), top_k_index)
-        frozen_out = self.base(hidden_states, base_index, top_k_weights)
-        compute_dtype = hidden_states.dtype
-        if all(getattr(self.trainable, n).dtype == compute_dtype for n in self.expert_params):
-            trained_out = self.trainable(hidden_states, local, top_k_weights)
-        else:  # fp32 masters, low-precision compute: cast inside autograd so grads reach the masters
-            weights = {n: getattr(self.trainable, n).to(compute_dtype) for n in self.expert_params}
-            trained_out = functional_call(self.trainable, weights, (hidden_states, local, top_k_weights))
-        return frozen_out + trained_out
+        frozen_out = self.base(hidden_states, base_index, top_k_weights)  # [T, H]
+        rows = mine.any(dim=-1).nonzero().squeeze(-1)  # tokens that use a trained expert
+        if rows.numel() == 0:
+            # Keep the twin in the graph so its gradient is zero rather than None: AdamW then treats
+            # every step alike (weight decay, moment decay) whatever the routing of this batch.
+            return frozen_out + sum(p.sum() for p in self._weights(hidden_states.dtype).values()) * 0
+        trained_out = functional_call(
+            self.trainable, self._weights(hidden_states.dtype), (hidden_states[rows], local[rows], top_k_weights[rows])
+        )  # [rows, H]: only tokens routed to trained experts reach the twin
+        return frozen_out.index_add(0, rows, trained_out.to(frozen_out.dtype))
+
+    def _weights(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The twin's rows in the compute dtype (a cast inside autograd, so grads reach the fp32 masters)."""
+        return {n: getattr(self.trainable, n).to(dtype) for n in self.expert_params}
 
     @torch.no_grad()
     def merged_rows(self, name: str) -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""Serving ESFT adapters: an engine holding one base model, an adapter cache, expert slots for batches
+that mix adapters, hot-swap for the rest, and continuous batching."""
+
+from esft.serving.cache import AdapterCache, CachedAdapter, Resolver, dict_resolver
+from esft.serving.config import EngineConfig
+from esft.serving.engine import Engine, batch_generate
+from esft.serving.errors import (
+    AdapterLoadError,
+    CacheFullError,
+    EngineClosedError,
+    RequestCancelled,
+    ServingError,
+    UnknownModelError,
+)
+from esft.serving.requests import Completion, GenerationRequest, RequestHandle, SamplingParams, TokenEvent
+from esft.serving.slots import ExpertSlots
+
+__all__ = [
+    "AdapterCache",
+    "AdapterLoadError",
+    "CacheFullError",
+    "CachedAdapter",
+    "Completion",
+    "Engine",
+    "EngineClosedError",
+    "EngineConfig",
+    "ExpertSlots",
+    "GenerationRequest",
+    "RequestCancelled",
+    "RequestHandle",
+    "Resolver",
+    "SamplingParams",
+    "ServingError",
+    "TokenEvent",
+    "UnknownModelError",
+    "batch_generate",
+    "dict_resolver",
+]

@@ -1,0 +1,342 @@
+"""Engine: one base model serving many ESFT adapters, with continuous batching on a scheduler thread.
+
+Requests name the base model or an adapter. Adapters are loaded on first use through the resolver and
+kept in host memory (``AdapterCache``). With ``batching="mixed"`` an adapter's experts are copied into
+extra expert slots (``ExpertSlots``) and requests for different adapters share one forward pass; an
+adapter that also changes dense weights, or ``batching="swap"``, is applied in place (hot-swap) for a
+batch of its own requests only and restored bit-exactly when that batch drains. All model forwards and
+weight changes happen on the scheduler thread under ``weights_lock``, so no request ever sees weights
+of an adapter it did not ask for.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from esft.adapters import check_compatible
+from esft.adapters.adapter import ESFTAdapter
+from esft.errors import AdapterMismatchError
+from esft.generation import encode_prompt
+from esft.models.discovery import find_moe_layers
+from esft.serving.batch import Row, RunningBatch
+from esft.serving.cache import AdapterCache, CachedAdapter, Resolver
+from esft.serving.config import EngineConfig
+from esft.serving.decoding import Sampler, TextStream, stop_token_id
+from esft.serving.errors import EngineClosedError, ServingError
+from esft.serving.requests import EventCallback, GenerationRequest, RequestHandle, cancelled_error
+from esft.serving.slots import ExpertSlots
+from esft.serving.swap import HotSwap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    handle: RequestHandle
+    entry: CachedAdapter | None  # None: the base model
+    max_tokens: int
+
+
+class Engine:
+    """Serves a base model and its ESFT adapters.
+
+    Args:
+        model: the base causal LM (on its serving device).
+        tokenizer: its tokenizer.
+        resolver: adapter name -> adapter directory (``None`` when unknown).
+        config: memory budgets, batching mode and sizes.
+        base_name: the ``model`` name that means the base model.
+
+    >>> with Engine.from_pretrained("toy", resolver=dict_resolver({"math": "out/adapter"})) as engine:  # doctest: +SKIP
+    ...     engine.complete(GenerationRequest(engine.encode("add 2 and 3"), model="math")).text
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, resolver: Resolver | None = None,
+                 config: EngineConfig | None = None, base_name: str = "base"):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.config = config or EngineConfig()
+        self.base_name = base_name
+        self.layers = {layer.layer_index: layer for layer in find_moe_layers(model)}
+        self.cache = AdapterCache(resolver or (lambda _name: None), self.config.cache_bytes, self._validate)
+        self.slots = self._make_slots()
+        self.stop_id = stop_token_id(tokenizer)
+        self.device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.batch = RunningBatch(model, pad, self.slots.set_rows if self.slots else None)
+        self.weights_lock = threading.RLock()
+        self.swap = HotSwap(model)
+        self._waiting: deque[_Pending] = deque()
+        self._unload: set[str] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, *, resolver: Resolver | None = None,
+                        config: EngineConfig | None = None, base_name: str | None = None) -> Engine:
+        """Load a local base model (never from a hub) and build an engine around it."""
+        from esft.workflows import load_model
+
+        config = config or EngineConfig()
+        model, tokenizer = load_model(model_dir, dtype=config.dtype, device=config.device)
+        return cls(model, tokenizer, resolver=resolver, config=config, base_name=base_name or Path(model_dir).name)
+
+    def _make_slots(self) -> ExpertSlots | None:
+        if self.config.batching != "mixed":
+            return None
+        rows = self.config.slot_rows
+        rows = max(layer.num_experts for layer in self.layers.values()) if rows is None else rows
+        return ExpertSlots(self.model, rows, self.config.max_adapters_in_batch) if rows > 0 else None
+
+    def _validate(self, adapter: ESFTAdapter) -> None:
+        check_compatible(self.model, adapter)
+        for layer_index, ids in adapter.expert_config.experts.items():
+            layer = self.layers.get(layer_index)
+            if layer is None or any(not 0 <= i < layer.num_experts for i in ids):
+                raise AdapterMismatchError(f"adapter selects experts {ids} of layer {layer_index}, which this model's "
+                                           "MoE layers do not have", param="adapter")
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> Engine:
+        """Start the scheduler thread (idempotent)."""
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("the engine is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="esft-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the scheduler, fail queued and running requests, restore the base weights exactly."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self.weights_lock:
+            closed = EngineClosedError("the engine was shut down")
+            self.batch.fail_all(closed)
+            while self._waiting:
+                self._waiting.popleft().handle.fail(closed)
+            self._restore_swap()
+            if self.slots is not None:
+                self.slots.detach()
+                self.slots = self.batch.set_rows = None
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def encode(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
+        """Token ids of a prompt: chat messages (or text as one user turn) through the chat template,
+        or raw text with ``chat=False`` (``/v1/completions``)."""
+        if chat:
+            return encode_prompt(self.tokenizer, prompt)
+        return self.tokenizer(prompt)["input_ids"]
+
+    def is_base(self, model: str | None) -> bool:
+        return not model or model == self.base_name
+
+    def submit(self, request: GenerationRequest, on_event: EventCallback | None = None) -> RequestHandle:
+        """Queue a request; loads its adapter first, so unknown or broken adapters raise here.
+
+        Raises:
+            UnknownModelError, AdapterLoadError, CacheFullError: the request's adapter cannot be served.
+            ServingError: the prompt does not fit the model's context.
+        """
+        entry = None if self.is_base(request.model) else self.cache.get(request.model)
+        pending = _Pending(RequestHandle(request, on_event), entry, self._max_tokens(request))
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("the engine is shut down")
+            self._waiting.append(pending)
+            self._cond.notify_all()
+        if self._thread is None:
+            self.start()
+        return pending.handle
+
+    def complete(self, request: GenerationRequest, timeout: float | None = None):
+        """Submit and wait: the ``Completion``."""
+        return self.submit(request).result(timeout)
+
+    def _max_tokens(self, request: GenerationRequest) -> int:
+        wanted = request.params.max_tokens or self.config.max_new_tokens
+        wanted = min(wanted, self.config.max_new_tokens)
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        prompt = len(request.prompt_ids)
+        if prompt == 0:
+            raise ServingError("The prompt is empty.", param="messages", code="empty_prompt")
+        if context is not None:
+            if prompt >= context:
+                raise ServingError(f"The prompt has {prompt} tokens; this model's context is {context} tokens.",
+                                   param="messages", code="context_length_exceeded")
+            wanted = min(wanted, context - prompt)
+        return wanted
+
+    # ---------------------------------------------------------------------------------------- adapters
+
+    def load_adapter(self, name: str) -> CachedAdapter:
+        """Load an adapter into host memory now (it would otherwise load on first request)."""
+        return self.cache.get(name)
+
+    def unload_adapter(self, name: str) -> bool:
+        """Drop an adapter from host memory and, once no running request uses it, from the slots."""
+        with self._cond:
+            self._unload.add(name)
+            self._cond.notify_all()
+        return self.cache.unload(name)
+
+    def pin_adapter(self, name: str, pinned: bool = True) -> CachedAdapter:
+        """(Un)pin an adapter: pinned adapters are never evicted from host memory."""
+        return self.cache.pin(name, pinned)
+
+    def stats(self) -> dict[str, Any]:
+        """What is loaded, resident and queued (for ``/v1/adapters`` and metrics)."""
+        with self._cond:
+            waiting = len(self._waiting)
+        return {
+            "base_model": self.base_name,
+            "batching": self.config.batching,
+            "running": len(self.batch),
+            "waiting": waiting,
+            "swapped_in": self.swap.active,
+            "cache": {"budget_bytes": self.cache.budget_bytes, "used_bytes": self.cache.used_bytes,
+                      "evictions": self.cache.evictions,
+                      "adapters": [{"name": e.name, "bytes": e.nbytes, "pinned": e.pinned,
+                                    "load_ms": round(e.load_ms, 2)} for e in self.cache.entries()]},
+            "slots": None if self.slots is None else {
+                "rows_per_layer": self.slots.rows_per_layer, "bytes": self.slots.slot_bytes,
+                "resident": sorted(self.slots.residents)},
+        }
+
+    # --------------------------------------------------------------------------------------- scheduler
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not len(self.batch):
+                    self._cond.wait(self.config.idle_wait_s)
+                if self._closed:
+                    return
+            with self.weights_lock:
+                self._iteration()
+
+    def _iteration(self) -> None:
+        """Admit what fits, then decode one step; an error fails only the requests it touched."""
+        self._process_unloads()
+        if not len(self.batch):
+            self._restore_swap()
+        cohort = self._admit()
+        if cohort:
+            try:
+                self.batch.add(cohort)
+            except Exception as exc:  # noqa: BLE001 - any forward failure fails this cohort, not the engine
+                log.exception("prefill failed")
+                self._fail_cohort(cohort, exc)
+        elif len(self.batch):
+            try:
+                self.batch.step()
+            except Exception as exc:  # noqa: BLE001
+                log.exception("decode step failed")
+                self.batch.fail_all(exc)
+
+    def _fail_cohort(self, cohort: Sequence[Row], error: BaseException) -> None:
+        handles = {id(row.handle) for row in cohort}
+        indices = [i for i, row in enumerate(self.batch.rows) if id(row.handle) in handles]
+        self.batch.drop(indices)
+        for row in cohort:
+            row.handle.fail(error)
+
+    def _process_unloads(self) -> None:
+        with self._cond:
+            names, self._unload = self._unload, set()
+        busy = self.batch.adapters
+        for name in names:
+            if name in busy:
+                with self._cond:
+                    self._unload.add(name)  # evict once its requests are done
+            else:
+                self.swap.forget(name)
+                if self.slots is not None:
+                    self.slots.evict(name)
+
+    def _admit(self) -> list[Row]:
+        """Move waiting requests into the batch, FIFO, while they fit (size, slots, weights mode)."""
+        cohort: list[Row] = []
+        if not self.batch.can_join():
+            return cohort
+        while len(self.batch) + len(cohort) < self.config.max_batch_size:
+            with self._cond:
+                if not self._waiting:
+                    break
+                pending = self._waiting[0]
+            if pending.handle.cancelled:
+                self._pop(pending).handle.fail(cancelled_error(pending.handle.request))
+                continue
+            try:
+                table_row = self._route(pending, cohort)
+            except Exception as exc:  # noqa: BLE001 - e.g. an adapter that fails to place: only its request
+                self._pop(pending).handle.fail(exc)
+                continue
+            if table_row is None:
+                break
+            cohort.append(self._row(self._pop(pending), table_row))
+        return cohort
+
+    def _pop(self, pending: _Pending) -> _Pending:
+        with self._cond:
+            self._waiting.remove(pending)
+        return pending
+
+    def _route(self, pending: _Pending, cohort: list[Row]) -> int | None:
+        """The routing-table row for this request, or ``None`` if it must wait (batch full of others)."""
+        entry, empty = pending.entry, not len(self.batch) and not cohort
+        if entry is None:
+            return 0 if self.swap.active is None else None
+        needs_swap = self.slots is None or not self.slots.fits(entry.adapter)
+        if needs_swap:
+            if self.swap.active == entry.name:
+                return 0
+            if not empty:
+                return None
+            self.swap.apply(entry.name, entry.adapter)
+            return 0
+        if self.swap.active is not None:
+            return None
+        keep = self.batch.adapters | {row.adapter for row in cohort if row.adapter}
+        return self.slots.place(entry.name, entry.adapter, keep=keep)
+
+    def _row(self, pending: _Pending, table_row: int) -> Row:
+        params = pending.handle.request.params
+        name = pending.entry.name if pending.entry else None
+        return Row(pending.handle, name, table_row, pending.max_tokens, Sampler(params, self.device),
+                   TextStream(self.tokenizer, params.stop), self.stop_id)
+
+    def _restore_swap(self) -> None:
+        self.swap.restore()
+
+    @property
+    def swapped_name(self) -> str | None:
+        """The adapter applied in place right now (hot-swap), if any."""
+        return self.swap.active
+
+
+def batch_generate(engine: Engine, requests: Sequence[GenerationRequest], timeout: float | None = None) -> list:
+    """Submit all ``requests`` at once and return their completions in order (they share batches)."""
+    handles = [engine.submit(request) for request in requests]
+    return [handle.result(timeout) for handle in handles]
+

@@ -1,0 +1,53 @@
+"""FFT and LoRA baselines: what trains, what stays frozen, and the report's numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esft.baselines.methods import linear_modules, train_baseline
+from esft.config import TrainingConfig
+from esft.errors import ConfigError
+from esft.experiments.evaluate import tokenize_rows
+from esft.experiments.tasks import TASKS, sample_rows
+from esft.workflows import load_model
+
+
+def _setup(model_dir):
+    model, tokenizer = load_model(model_dir, device="cpu")
+    data = tokenize_rows(sample_rows(TASKS["add"], 8, seed=0), tokenizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return model, tokenizer, data, before
+
+
+def test_fft_trains_every_parameter(tiny_model_dir):
+    model, tokenizer, data, before = _setup(tiny_model_dir)
+    config = TrainingConfig(max_steps=2, batch_size=4, learning_rate=1e-2)
+    trained, report = train_baseline("fft", model, data, config, pad_token_id=tokenizer.pad_token_id)
+    assert report.trainable_parameters == report.total_parameters
+    assert report.adapter_bytes == 4 * report.total_parameters
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, before[n])]
+    assert any("experts.gate_up_proj" in n for n in changed) and any("self_attn" in n for n in changed)
+
+
+def test_lora_wraps_linear_layers_only_and_keeps_base_weights(tiny_model_dir):
+    model, tokenizer, data, before = _setup(tiny_model_dir)
+    targets = linear_modules(model)
+    assert targets and not any(name.endswith("lm_head") for name in targets)
+    config = TrainingConfig(max_steps=2, batch_size=4, learning_rate=1e-2)
+    trained, report = train_baseline("lora", model, data, config, pad_token_id=tokenizer.pad_token_id)
+    trainable = [n for n, p in trained.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("shared_experts" in n for n in trainable)  # peft's MoE rewrite must not move them
+    assert not any(".experts." in n for n in trainable)  # fused routed experts are not nn.Linear
+    assert report.adapter_bytes == 4 * report.trainable_parameters < 4 * report.total_parameters
+    for name, param in trained.named_parameters():
+        base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if "lora_" not in name and base_name in before:
+            assert torch.equal(param, before[base_name]), name
+
+
+def test_unknown_method_is_rejected(tiny_model_dir):
+    model, tokenizer, data, _ = _setup(tiny_model_dir)
+    with pytest.raises(ConfigError, match="method"):
+        train_baseline("dora", model, data, TrainingConfig(max_steps=1), pad_token_id=tokenizer.pad_token_id)

@@ -1,0 +1,54 @@
+"""The comparison harness on a tiny configuration: pretraining cache, protocol helpers, the one command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from esft.experiments.comparison import best_rate, random_experts
+from esft.experiments.pretrain import REPORT_NAME, pretrain
+from esft.workflows import load_model
+from tests.esft.experiments.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_pretrained_model_loads_and_is_cached(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, device="cpu")
+    assert model.config.model_type == "deepseek_v2" and len(tokenizer) == model.config.vocab_size
+    report = json.loads((tiny_model_dir / REPORT_NAME).read_text())
+    assert pretrain(tiny_model_dir, TINY, log=lambda _: None) == report  # no second training
+
+
+def test_best_rate_breaks_ties_by_validation_loss_not_by_rate():
+    sweep = [{"learning_rate": 1e-4, "val_accuracy": 0.5, "val_loss": 0.9},
+             {"learning_rate": 1e-3, "val_accuracy": 0.5, "val_loss": 0.4},
+             {"learning_rate": 1e-2, "val_accuracy": 0.2, "val_loss": 0.1}]
+    assert best_rate(sweep) == 1e-3
+
+
+def test_random_experts_keep_per_layer_counts_and_vary_with_seed():
+    like = {0: [1, 2, 3], 1: [5]}
+    draws = [random_experts(like, 8, seed) for seed in range(4)]
+    assert all({k: len(v) for k, v in d.items()} == {0: 3, 1: 1} for d in draws)
+    assert len({json.dumps(d) for d in draws}) > 1 and draws[0] == random_experts(like, 8, 0)
+
+
+def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("method_comparison", ROOT / "bench" / "method_comparison.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_md, plots = tmp_path / "results.md", tmp_path / "results"
+    summary = bench.main(["--small", "--model-dir", str(tmp_path / "model"), "--out-md", str(out_md),
+                          "--plots", str(plots)])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == json.loads(json.dumps(summary))
+    assert {"add3/ESFT-Token", "add3/FFT", "add3/LoRA", "add3/Random experts"} <= set(summary["methods"])
+    text = out_md.read_text()
+    for heading in ("Routing is concentrated", "claims, checked", "Which scoring to use", "learning-rate sweep"):
+        assert heading in text
+    for png in ("routing_concentration.png", "routing_overlap.png", "method_comparison.png", "tradeoff.png"):
+        assert (plots / png).stat().st_size > 0 and f"results/{png}" in text
+    raw = json.loads((plots / "method_comparison.json").read_text())
+    assert {r["seed"] for r in raw["runs"]} == {0, 1}
