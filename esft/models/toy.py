@@ -342,7 +342,22 @@ def toy_model(family: str = "deepseek_v2", *, seed: int = 0, **kwargs: Any) -> P
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _spread_zero_routers(model, std=getattr(config, "initializer_range", 0.02))
+    _confident_head(model)
     return model.eval()
+
+
+def _confident_head(model: PreTrainedModel) -> None:
+    """Give the untied LM head unit-scale logits (std ``hidden**-0.5`` instead of 0.02).
+
+    With the default init a tiny random model's logits span a few hundredths, so its output is nearly
+    uniform whatever its experts do: training only experts could then fix the argmax but never the loss.
+    Real checkpoints have confident heads; this makes toy runs behave like them.
+    """
+    head = model.get_output_embeddings()
+    if head is None or head.weight is model.get_input_embeddings().weight:
+        return
+    with torch.no_grad():
+        head.weight.normal_(0.0, head.weight.shape[1] ** -0.5)
 
 
 def _spread_zero_routers(model: torch.nn.Module, std: float) -> None:

@@ -135,9 +135,7 @@ def test_non_moe_model_names_the_family(tmp_path, chat_data):
 def test_top_p_outside_range_is_rejected(top_p, tmp_path):
     scores = tmp_path / "scores.json"
     scores.write_text(
-        json.dumps(
-            {"layers": {"0": {"token": [0.5, 0.5], "gate": [0.5, 0.5], "gate_raw": [0.4, 0.4], "top_k": 1}}}
-        )
+        json.dumps({"layers": {"0": {"token": [0.5, 0.5], "gate": [0.5, 0.5], "gate_raw": [0.4, 0.4], "top_k": 1}}})
     )
     result = _run("select", "--scores", scores, "--top-p", top_p, "--out", tmp_path / "e.json")
     assert result.exit_code == 2 and "top_p must be in (0, 1]" in result.output
@@ -146,9 +144,7 @@ def test_top_p_outside_range_is_rejected(top_p, tmp_path):
 
 def test_failed_training_leaves_no_adapter(tmp_path, model_dirs, chat_data):
     experts = tmp_path / "experts.json"
-    experts.write_text(
-        json.dumps({"experts": {"0": [99]}, "shared_experts": False, "non_expert_modules": False})
-    )
+    experts.write_text(json.dumps({"experts": {"0": [99]}, "shared_experts": False, "non_expert_modules": False}))
     result = _run(
         "train",
         "--model",

@@ -18,9 +18,7 @@ from esft.training.optim import MasterWeights, build_optimizer
 
 def _model(family: str):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(
-        toy_config(family, layers=2, experts=8, top_k=2, hidden=64)
-    ).eval()
+    return AutoModelForCausalLM.from_config(toy_config(family, layers=2, experts=8, top_k=2, hidden=64)).eval()
 
 
 def _batch(vocab: int):
@@ -84,10 +82,7 @@ def test_adamw_with_weight_decay_changes_only_selected_experts(family):
     rows = torch.tensor([0, 3, 6])
     for name, old in before.items():
         new = after[name].detach()
-        if (
-            name.startswith(layers[0].experts_name + ".")
-            and name.rsplit(".", 1)[1] in layers[0].expert_params
-        ):
+        if name.startswith(layers[0].experts_name + ".") and name.rsplit(".", 1)[1] in layers[0].expert_params:
             others = torch.tensor([i for i in range(8) if i not in (0, 3, 6)])
             assert torch.equal(new[others], old[others]), f"{name}: an unselected expert changed"
             if new.dim() >= 3:  # weight matrices decay, so every selected expert moves (1-D biases may not)

@@ -61,12 +61,8 @@ def test_scores_match_naive_reference(family, response_only, model_dirs, chat_da
     assert scores.n_sequences == len(examples)
     for i, (token, gate) in reference.items():
         layer = scores.layers[i]
-        torch.testing.assert_close(
-            torch.tensor(layer.token, dtype=torch.float64), token, rtol=1e-6, atol=1e-9
-        )
-        torch.testing.assert_close(
-            torch.tensor(layer.gate_raw, dtype=torch.float64), gate, rtol=1e-4, atol=1e-7
-        )
+        torch.testing.assert_close(torch.tensor(layer.token, dtype=torch.float64), token, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(torch.tensor(layer.gate_raw, dtype=torch.float64), gate, rtol=1e-4, atol=1e-7)
         assert sum(layer.token) == pytest.approx(1.0)
         assert sum(layer.gate) == pytest.approx(1.0)
 

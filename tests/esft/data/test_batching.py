@@ -71,9 +71,7 @@ def test_batches_do_not_touch_global_rngs():
 
 
 def _padding(batches: list[list[int]], lengths: list[int]) -> int:
-    return sum(
-        max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch) for batch in batches
-    )
+    return sum(max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch) for batch in batches)
 
 
 def test_grouping_by_length_cuts_padding():

@@ -249,8 +249,5 @@ def test_report_ok_needs_min_examples():
 
 
 def test_formats_imports_neither_torch_nor_transformers():
-    code = (
-        "import sys, esft.data.formats; "
-        "bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad"
-    )
+    code = "import sys, esft.data.formats; bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

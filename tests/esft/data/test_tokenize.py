@@ -110,9 +110,7 @@ def test_weight_zero_turn_is_not_trained(tok):
 
 def test_render_chat_uses_the_template(tok):
     text = render_chat(tok, MESSAGES[:2], add_generation_prompt=True)
-    assert (
-        text == "<s><|system|>\nYou are a fox.<|end|>\n<|user|>\nHello, how are you?<|end|>\n<|assistant|>\n"
-    )
+    assert text == "<s><|system|>\nYou are a fox.<|end|>\n<|user|>\nHello, how are you?<|end|>\n<|assistant|>\n"
 
 
 def test_fallback_format_without_template(plain_tok):
@@ -123,9 +121,7 @@ def test_fallback_format_without_template(plain_tok):
     # The reply starts after "assistant:", so its leading space is trained (and never split from the word).
     expected = [" I am fine, thank you.<|endoftext|>\n", " Four.<|endoftext|>\n"]
     assert trained_runs(plain_tok, result) == expected
-    assert (
-        result.input_ids.count(plain_tok.bos_token_id) == 1 and result.input_ids[0] == plain_tok.bos_token_id
-    )
+    assert result.input_ids.count(plain_tok.bos_token_id) == 1 and result.input_ids[0] == plain_tok.bos_token_id
 
 
 def test_completion_trains_on_completion_and_eos_only(tok):
@@ -140,9 +136,7 @@ def test_completion_trains_on_completion_and_eos_only(tok):
 
 
 def test_text_trains_on_every_token(tok):
-    result = tokenize_example(
-        parse_example({"text": "The lazy dog."}, 2), tok, seq_len=512, overflow="reject"
-    )
+    result = tokenize_example(parse_example({"text": "The lazy dog."}, 2), tok, seq_len=512, overflow="reject")
     assert result.labels == result.input_ids
     assert tok.decode(result.input_ids) == "<s>The lazy dog.<|endoftext|>"
 

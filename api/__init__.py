@@ -1,0 +1,1 @@
+"""The ESFT fine-tuning service: an OpenAI-style REST control plane (FastAPI) over the ``esft`` library."""

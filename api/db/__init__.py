@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables (``models``) and engine/session setup (``session``)."""

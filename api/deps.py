@@ -1,0 +1,66 @@
+"""Annotated dependencies of the routes: settings, DB session, storage, queue and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import ServiceError
+from api.queue import Queue
+from api.services.auth import Principal, authenticate
+from api.settings import Settings
+from api.storage import LocalStorage
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `esft keys create`")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+def get_storage(request: Request) -> LocalStorage:
+    return request.app.state.storage
+
+
+def get_queue(request: Request) -> Queue:
+    return request.app.state.queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+QueueDep = Annotated[Queue, Depends(get_queue)]
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    header = f"Bearer {credentials.credentials}" if credentials else request.headers.get("authorization")
+    return authenticate(session, header)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise ServiceError(
+            403,
+            "This endpoint needs an admin API key (`esft keys create --admin`).",
+            code="permission_denied",
+        )
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]

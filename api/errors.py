@@ -1,0 +1,130 @@
+"""Service errors and the one translation of every failure into the OpenAI error envelope.
+
+Every response that is not a success carries ``{"error": {"message", "type", "param", "code"}}``: our own
+``ServiceError``s, library ``ESFTError``s, FastAPI's 404/405/422, oversized bodies and unexpected exceptions
+(logged with their trace, answered without it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from esft.errors import ESFTError
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ServiceError(Exception):
+    """A failure the client can act on; ``status`` is the HTTP status, ``code`` a stable machine code."""
+
+    def __init__(self, status: int, message: str, *, code: str, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+
+def not_found(kind: str, ident: str, *, param: str | None = None) -> ServiceError:
+    """404 for a missing id; also used for ids of another project, so existence never leaks."""
+    return ServiceError(404, f"No {kind} with id {ident!r} found.", code=f"{kind}_not_found", param=param)
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, code: str | None, param: str | None = None, headers=None):
+    return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
+
+
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    headers = dict(exc.headers or {})
+    if exc.status == 409:
+        headers.setdefault("x-should-retry", "false")  # the openai SDK retries 409 unless told not to
+    return error_response(exc.status, exc.message, exc.code, exc.param, headers)
+
+
+async def _library_error(_: Request, exc: ESFTError) -> JSONResponse:
+    return error_response(400, exc.message, exc.code, exc.param)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+    if exc.status_code == 404 and message == "Not Found":
+        message = "Unknown URL; see /openapi.json for the available routes."
+    return error_response(exc.status_code, message, codes.get(exc.status_code, "http_error"), None, exc.headers)
+
+
+def _loc_to_param(loc: tuple | list) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    return ".".join(parts) or None
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = _loc_to_param(first.get("loc", ()))
+    message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_request"
+    status = 400 if code == "invalid_json" else 422
+    return error_response(status, message, code, param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler that shapes errors into the envelope."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ESFTError, _library_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+class CatchAllMiddleware:
+    """Outermost ASGI middleware: an unexpected exception becomes a 500 envelope with no trace."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = error_response(500, "The server had an error processing your request.", "server_error")
+            await response(scope, receive, send)

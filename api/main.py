@@ -1,0 +1,99 @@
+"""The FastAPI application: routers, error envelope, size limits, stable operation ids and the OpenAPI tweaks.
+
+Run with ``uvicorn --factory api.main:create_app`` (or ``esft serve`` for API + worker in one command).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from api.db.session import session_factory
+from api.errors import CatchAllMiddleware, install_error_handlers
+from api.limits import BodyLimitMiddleware
+from api.queue import CeleryQueue, Queue
+from api.routes import admin, files, health, jobs, models
+from api.settings import Settings
+from api.storage import LocalStorage
+
+TAGS = [
+    {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
+    {"name": "fine_tuning", "description": "ESFT jobs, their events, checkpoints and artifacts."},
+    {"name": "models", "description": "Base models and trained ESFT adapters."},
+    {"name": "admin", "description": "Operator actions (admin key)."},
+    {"name": "health", "description": "Probes; no API key needed."},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable ids from tag and route name, e.g. ``fine_tuning_create_job`` (not path-derived)."""
+    return f"{route.tags[0]}_{route.name}" if route.tags else route.name
+
+
+def _binary_file_fields(schema: dict[str, Any]) -> None:
+    """Mark upload fields ``format: binary`` so generated clients send files, not strings."""
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        for prop in component.get("properties", {}).values():
+            if prop.get("contentMediaType") == "application/octet-stream":
+                prop.pop("contentMediaType")
+                prop["format"] = "binary"
+
+
+def _custom_openapi(app: FastAPI):
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=TAGS,
+            )
+            _binary_file_fields(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def create_app(settings: Settings | None = None, *, queue: Queue | None = None, migrate: bool | None = None) -> FastAPI:
+    """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker."""
+    settings = settings or Settings()
+    migrate = settings.auto_migrate if migrate is None else migrate
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if migrate:
+            from api.migrate import upgrade
+
+            upgrade(settings.database_url)
+        yield
+
+    app = FastAPI(
+        title="ESFT fine-tuning service",
+        version="1.0.0",
+        lifespan=lifespan,
+        description="OpenAI-style fine-tuning API for Expert-Specialized Fine-Tuning of MoE models.",
+        generate_unique_id_function=operation_id,
+        openapi_tags=TAGS,
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory(settings.database_url)
+    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.queue = queue or CeleryQueue(settings)
+    for module in (files, jobs, models, admin, health):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_json_bytes=settings.max_json_bytes,
+        upload_paths=("/v1/files",),
+    )
+    app.add_middleware(CatchAllMiddleware)
+    app.openapi = _custom_openapi(app)
+    return app

@@ -1,0 +1,187 @@
+"""``esft quickstart``: a complete ESFT run against a live server, over HTTP only.
+
+Builds (or reuses) a toy MoE base model, registers it, uploads a built-in task, starts a job, follows it with
+a live progress bar and prints the adapter's answers next to the base model's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from api.settings import Settings
+
+TOY_MODEL_ID = "esft-toy"
+# The built-in task: a fixed mapping no pretrained knowledge gives away (colour -> code word).
+TASK = {
+    "red": "apple",
+    "blue": "ocean",
+    "green": "leaf",
+    "yellow": "sun",
+    "black": "night",
+    "white": "snow",
+    "orange": "carrot",
+    "purple": "grape",
+}
+TEMPLATES = ("What is {}?",)
+console = Console()
+
+
+def task_rows(repeats: int = 6) -> list[dict[str, Any]]:
+    rows = []
+    for _ in range(repeats):
+        for template in TEMPLATES:
+            for colour, word in TASK.items():
+                messages = [
+                    {"role": "user", "content": template.format(colour)},
+                    {"role": "assistant", "content": word},
+                ]
+                rows.append({"messages": messages})
+    return rows
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def _check(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        error = (
+            response.json().get("error", {})
+            if response.headers.get("content-type", "").startswith("application/json")
+            else {}
+        )
+        raise SystemExit(
+            f"{response.request.method} {response.request.url.path} -> {response.status_code}: "
+            f"{error.get('message', response.text)}"
+        )
+    return response.json()
+
+
+def ensure_base_model(client: httpx.Client, settings: Settings) -> str:
+    """Reuse the registered toy model, else build it under ``<data_dir>/models`` and register it."""
+    models = _check(client.get("/v1/models"))["data"]
+    if any(m["id"] == TOY_MODEL_ID for m in models):
+        console.print(f"Reusing base model [bold]{TOY_MODEL_ID}[/]")
+        return TOY_MODEL_ID
+    path = (settings.data_dir / "models" / TOY_MODEL_ID).resolve()
+    if not (path / "config.json").is_file():
+        console.print(f"Building toy MoE model in {path} ...")
+        from esft.models.toy import build_toy_model
+
+        build_toy_model(path, family="deepseek_v2", layers=2, experts=8, top_k=2, hidden=64, seed=0)
+    _check(client.post("/v1/admin/models", json={"id": TOY_MODEL_ID, "path": str(path)}))
+    console.print(f"Registered base model [bold]{TOY_MODEL_ID}[/]")
+    return TOY_MODEL_ID
+
+
+def upload(client: httpx.Client, name: str, rows: list[dict[str, Any]]) -> str:
+    files = {"file": (name, _jsonl(rows), "application/jsonl")}
+    return _check(client.post("/v1/files", data={"purpose": "fine-tune"}, files=files))["id"]
+
+
+def job_body(model: str, training: str, validation: str, steps: int) -> dict[str, Any]:
+    hyper = {
+        "max_steps": steps,
+        "batch_size": 8,
+        "learning_rate": 1e-2,
+        "seq_len": 64,
+        "warmup_ratio": 0.05,
+        "save_every": max(1, steps // 4),
+    }
+    esft = {"score_function": "token", "top_p": 0.9, "n_sample_tokens": 4096, "hyperparameters": hyper}
+    return {
+        "model": model,
+        "training_file": training,
+        "validation_file": validation,
+        "suffix": "quickstart",
+        "seed": 0,
+        "method": {"type": "esft", "esft": esft},
+    }
+
+
+def follow(client: httpx.Client, job_id: str, timeout_s: float = 1800) -> dict[str, Any]:
+    """Poll the job with a live progress bar until it ends."""
+    columns = (
+        TextColumn("[bold]{task.description:<18}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    deadline = time.monotonic() + timeout_s
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("queued", total=1.0, info="")
+        while time.monotonic() < deadline:
+            job = _check(client.get(f"/v1/fine_tuning/jobs/{job_id}"))
+            fraction = (job.get("progress") or {}).get("fraction") or 0.0
+            label = job["phase"] or job["status"]
+            info = f"queue #{job['queue_position']}" if job.get("queue_position") else ""
+            if job.get("trained_tokens"):
+                info = f"{job['trained_tokens']} tokens"
+            bar.update(
+                task,
+                completed=fraction if job["status"] != "succeeded" else 1.0,
+                description=label,
+                info=info,
+            )
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+    raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s")
+
+
+def show_results(client: httpx.Client, job: dict[str, Any]) -> None:
+    results = _check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/eval_results.json"))
+    table = Table(title="Task prompts: base model vs ESFT adapter")
+    for column in ("prompt", "expected", "base", "adapter"):
+        table.add_column(column)
+    for row in results["examples"]:
+        prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else row["prompt"]
+        mark = "[green]" if row["adapter"].strip().lower() == row["expected"].lower() else "[red]"
+        table.add_row(prompt, row["expected"], row["base"][:24], f"{mark}{row['adapter'][:24]}[/]")
+    console.print(table)
+    console.print(
+        f"Accuracy: adapter [bold]{results['accuracy_adapter']:.0%}[/], "
+        f"base {results['accuracy_base']:.0%} ({results['n_examples']} prompts)"
+    )
+    console.print(f"Adapter: [bold]{job['fine_tuned_model']}[/]  (download: GET /v1/models/<id>/content)")
+
+
+def wait_for_server(client: httpx.Client, wait: float) -> bool:
+    """True once ``/health`` answers; a server started a moment ago gets ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            client.get("/health").raise_for_status()
+            return True
+        except httpx.HTTPError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
+def run(url: str, api_key: str, settings: Settings, *, steps: int, wait: float = 0) -> int:
+    """The whole quickstart; returns the process exit code."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60) as client:
+        if not wait_for_server(client, wait):
+            console.print(f"[red]No server at {url}[/]: start one with `esft serve` in another terminal.")
+            return 2
+        model = ensure_base_model(client, settings)
+        rows = task_rows()
+        training = upload(client, "quickstart-train.jsonl", rows)
+        validation = upload(client, "quickstart-valid.jsonl", rows[: len(TASK)])
+        job = _check(client.post("/v1/fine_tuning/jobs", json=job_body(model, training, validation, steps)))
+        console.print(f"Started job [bold]{job['id']}[/] ({steps} steps)")
+        job = follow(client, job["id"])
+        if job["status"] != "succeeded":
+            console.print(f"[red]Job {job['status']}[/]: {(job.get('error') or {}).get('message', '')}")
+            return 1
+        show_results(client, job)
+    return 0

@@ -1,0 +1,116 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events (JSON/SSE), checkpoints, artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.deps import PrincipalDep, QueueDep, SessionDep, StorageDep
+from api.schemas.common import COMMON_ERRORS, binary_response, error_responses
+from api.schemas.jobs import (
+    ArtifactList,
+    CheckpointList,
+    JobCreate,
+    JobEventList,
+    JobList,
+    JobObject,
+    JobStatus,
+)
+from api.services import artifacts, events, jobs
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine_tuning"], responses=COMMON_ERRORS)
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.post("", name="create_job", response_model=JobObject)
+def create_job(principal: PrincipalDep, session: SessionDep, queue: QueueDep, body: JobCreate) -> JobObject:
+    job = jobs.create(session, queue, principal.project_id, body)
+    return jobs.to_public(session, job)
+
+
+@router.get("", name="list_jobs", response_model=JobList)
+def list_jobs(
+    principal: PrincipalDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Limit = 20,
+    status: JobStatus | None = None,
+) -> JobList:
+    rows, has_more = jobs.list_jobs(session, principal.project_id, status=status, after=after, limit=limit)
+    return JobList(data=[jobs.to_public(session, r) for r in rows], has_more=has_more)
+
+
+@router.get("/{fine_tuning_job_id}", name="retrieve_job", response_model=JobObject)
+def retrieve_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id: str) -> JobObject:
+    return jobs.to_public(session, jobs.get(session, principal.project_id, fine_tuning_job_id))
+
+
+@router.post(
+    "/{fine_tuning_job_id}/cancel",
+    name="cancel_job",
+    response_model=JobObject,
+    responses=error_responses(409),
+)
+def cancel_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id: str) -> JobObject:
+    return jobs.to_public(session, jobs.cancel(session, principal.project_id, fine_tuning_job_id))
+
+
+@router.get(
+    "/{fine_tuning_job_id}/events",
+    name="list_events",
+    response_model=JobEventList,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def list_events(
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    fine_tuning_job_id: str,
+    after: str | None = None,
+    limit: Limit = 20,
+    stream: Annotated[bool, Query(description="Server-Sent Events until the job ends")] = False,
+):
+    job = jobs.get(session, principal.project_id, fine_tuning_job_id)
+    if stream:
+        frames = events.stream(request.app.state.session_factory, job.id, after=after)
+        return StreamingResponse(frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    rows, has_more = events.list_events(session, job.id, after=after, limit=limit)
+    return JobEventList(data=[events.to_public(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{fine_tuning_job_id}/checkpoints", name="list_checkpoints", response_model=CheckpointList)
+def list_checkpoints(
+    principal: PrincipalDep,
+    session: SessionDep,
+    fine_tuning_job_id: str,
+    after: str | None = None,
+    limit: Limit = 10,
+) -> CheckpointList:
+    job = jobs.get(session, principal.project_id, fine_tuning_job_id)
+    rows, has_more = artifacts.list_checkpoints(session, job, after=after, limit=limit)
+    name = jobs.adapter_name(job)
+    return CheckpointList(data=[artifacts.checkpoint_public(r, name) for r in rows], has_more=has_more)
+
+
+@router.get("/{fine_tuning_job_id}/artifacts", name="list_artifacts", response_model=ArtifactList)
+def list_artifacts(
+    principal: PrincipalDep, session: SessionDep, storage: StorageDep, fine_tuning_job_id: str
+) -> ArtifactList:
+    job = jobs.get(session, principal.project_id, fine_tuning_job_id)
+    return ArtifactList(data=artifacts.list_artifacts(storage, job))
+
+
+@router.get(
+    "/{fine_tuning_job_id}/artifacts/{name}",
+    name="download_artifact",
+    response_class=FileResponse,
+    responses=binary_response("The artifact (JSON, PNG, CSV or JSONL)."),
+)
+def download_artifact(
+    principal: PrincipalDep, session: SessionDep, storage: StorageDep, fine_tuning_job_id: str, name: str
+) -> FileResponse:
+    job = jobs.get(session, principal.project_id, fine_tuning_job_id)
+    path, content_type = artifacts.get_artifact(storage, job, name)
+    return FileResponse(path, media_type=content_type, filename=name)

@@ -1,0 +1,44 @@
+"""Shapes shared by every resource: strict request base, error envelope, deletion receipts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictRequest(BaseModel):
+    """Request bodies: no coercion (``"top_p": false`` is an error) and no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error envelope every failure uses."""
+
+    error: ErrorDetail
+
+
+class DeletedObject(BaseModel):
+    id: str
+    object: str
+    deleted: bool
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses=`` entries documenting the error envelope for the given statuses."""
+    return {status: {"model": ErrorResponse, "description": "Error"} for status in statuses}
+
+
+COMMON_ERRORS = error_responses(400, 401, 404, 422)
+BINARY = {"type": "string", "format": "binary"}
+
+
+def binary_response(description: str) -> dict[int | str, dict]:
+    """A 200 that is a download (generated clients then hand back bytes)."""
+    return {200: {"description": description, "content": {"application/octet-stream": {"schema": BINARY}}}}

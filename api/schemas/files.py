@@ -1,0 +1,46 @@
+"""Files: the uploaded dataset object and its validation report."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ValidationIssue(BaseModel):
+    line: int | None = Field(description="1-based line, or null for a file-level problem")
+    code: str = Field(description="OpenAI-cookbook code, e.g. example_missing_assistant_message")
+    message: str
+
+
+class ValidationReport(BaseModel):
+    """What the line-by-line validation found; ``ok`` says whether the file can be trained on as is."""
+
+    ok: bool
+    n_lines: int
+    n_examples: int
+    n_invalid: int
+    formats: dict[str, int] = Field(default_factory=dict)
+    errors: list[ValidationIssue] = Field(default_factory=list)
+    error_counts: dict[str, int] = Field(default_factory=dict)
+    token_stats: dict[str, float] | None = None
+    n_over_context: int = 0
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["processed", "error"]
+    status_details: str | None = None
+    sha256: str
+    validation_report: ValidationReport | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool = False

@@ -1,0 +1,35 @@
+"""Models: registered base models and the ESFT adapters trained on them (adapters carry ``parent``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from api.schemas.common import StrictRequest
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    kind: Literal["base", "adapter"]
+    parent: str | None = Field(default=None, description="the base model of an adapter")
+    fine_tuning_job: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+    has_more: bool = False
+
+
+class BaseModelCreate(StrictRequest):
+    """Register a model directory on the server (``save_pretrained`` layout) under an id."""
+
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="name jobs use in `model`")
+    path: str = Field(min_length=1, max_length=4096, description="directory inside an allowed model root")

@@ -1,0 +1,171 @@
+"""Dataset files: streamed upload, line-by-line validation report, listing, content and deletion per project.
+
+Uploads stream into a temporary blob (size-limited, hashed). Files that are not line-delimited UTF-8 JSON are
+rejected with 400 and nothing is kept; files with schema problems (roles, missing assistant turn) are kept
+with ``status="error"`` and their report, so a job on them fails at ``validating_files``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio.to_thread
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db.models import File, Job
+from api.errors import ServiceError, not_found
+from api.schemas.files import FileObject, ValidationReport
+from api.services.common import new_id, page_newest_first, unix
+from api.settings import Settings
+from api.storage import LocalStorage, TooLarge
+from esft.data.formats import validate_jsonl
+
+PURPOSES = ("fine-tune",)
+FATAL_CODES = ("invalid_utf8", "invalid_json", "empty_file")
+ACTIVE = ("validating_files", "queued", "running")
+
+
+def clean_filename(name: str | None) -> str:
+    """Display name only (never a path): last path component, printable characters, at most 255 long."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    return base[:255] or "upload.jsonl"
+
+
+def _check_request(filename: str, purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise ServiceError(
+            400,
+            f"purpose must be one of {list(PURPOSES)}, got {purpose!r}.",
+            code="invalid_purpose",
+            param="purpose",
+        )
+    if not filename.lower().endswith(".jsonl"):
+        raise ServiceError(
+            400,
+            f"Invalid file format for fine-tuning: {filename!r}; upload a .jsonl file.",
+            code="invalid_file_format",
+            param="file",
+        )
+
+
+def _fatal_error(report_dict: dict) -> ServiceError | None:
+    fatal = [e for e in report_dict["errors"] if e["code"] in FATAL_CODES]
+    if not fatal and not any(code in report_dict["error_counts"] for code in FATAL_CODES):
+        return None
+    first = fatal[0] if fatal else {"code": "invalid_json", "message": "malformed lines"}
+    where = f"line {first['line']}: " if first.get("line") and not first["message"].startswith("line") else ""
+    count = sum(report_dict["error_counts"].get(code, 0) for code in FATAL_CODES)
+    message = f"Invalid JSONL file ({count} unreadable line(s)); first: {where}{first['message']}"
+    return ServiceError(400, message, code=first["code"], param="file")
+
+
+def _validate(path: Path, settings: Settings) -> dict:
+    return validate_jsonl(path, max_errors=settings.max_report_errors, min_examples=1).to_dict()
+
+
+async def upload(
+    session: Session,
+    storage: LocalStorage,
+    settings: Settings,
+    project_id: str,
+    *,
+    filename: str | None,
+    purpose: str,
+    chunks: AsyncIterator[bytes],
+) -> File:
+    """Store and validate an upload; nothing is kept when it is rejected."""
+    name = clean_filename(filename)
+    _check_request(name, purpose)
+    try:
+        tmp, size, digest = await storage.save_stream(chunks, max_bytes=settings.max_upload_bytes)
+    except TooLarge:
+        raise ServiceError(
+            413,
+            f"File is larger than the limit of {settings.max_upload_bytes} bytes.",
+            code="file_too_large",
+            param="file",
+        ) from None
+    try:
+        report = await anyio.to_thread.run_sync(_validate, tmp, settings)
+        if (error := _fatal_error(report)) is not None:
+            raise error
+        file_id = new_id("file")
+        row = File(
+            id=file_id,
+            project_id=project_id,
+            filename=name,
+            purpose=purpose,
+            bytes=size,
+            sha256=digest,
+            status="processed" if report["ok"] else "error",
+            storage_key=f"files/{file_id}",
+            validation=report,
+        )
+        storage.commit(tmp, row.storage_key)
+    except BaseException:
+        storage.discard(tmp)
+        raise
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        storage.delete(row.storage_key)
+        raise
+    return row
+
+
+def get(session: Session, project_id: str, file_id: str, *, param: str | None = None) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.project_id != project_id:
+        raise not_found("file", file_id, param=param)
+    return row
+
+
+def list_files(session: Session, project_id: str, *, purpose: str | None, after: str | None, limit: int):
+    query = select(File).where(File.project_id == project_id)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    return page_newest_first(session, query, File, after=after, limit=limit)
+
+
+def delete(session: Session, storage: LocalStorage, project_id: str, file_id: str) -> None:
+    row = get(session, project_id, file_id)
+    users = session.scalars(
+        select(Job.id).where(Job.status.in_(ACTIVE), (Job.training_file == file_id) | (Job.validation_file == file_id))
+    ).all()
+    if users:
+        raise ServiceError(
+            409,
+            f"File {file_id} is used by active job(s) {list(users)}; cancel them first.",
+            code="file_in_use",
+            param="file_id",
+        )
+    session.delete(row)
+    session.commit()
+    storage.delete(row.storage_key)
+
+
+def summary(report: dict | None) -> str | None:
+    if not report or report.get("ok"):
+        return None
+    counts = ", ".join(f"{code}: {n}" for code, n in sorted(report.get("error_counts", {}).items()))
+    return f"{report.get('n_invalid', 0)} invalid line(s) of {report.get('n_lines', 0)} ({counts})"
+
+
+def to_public(row: File) -> FileObject:
+    report = ValidationReport.model_validate(row.validation) if row.validation else None
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=unix(row.created_at),
+        filename=row.filename,
+        purpose=row.purpose,
+        status=row.status,
+        status_details=summary(row.validation),
+        sha256=row.sha256,
+        validation_report=report,
+    )

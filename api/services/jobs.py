@@ -1,0 +1,187 @@
+"""Fine-tuning jobs for the API: create (check, enqueue), list, get, cancel, and the public view."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.db.models import BaseModel, Job
+from api.errors import ServiceError, not_found
+from api.queue import Queue
+from api.schemas.jobs import AutoValue, JobCreate, JobError, JobObject, JobProgress, Method
+from api.services import files, runs
+from api.services.common import new_id, page_newest_first, unix
+from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
+from esft.errors import ConfigError
+
+WAITING = ("validating_files", "queued")
+_TRAINING_KEYS = (
+    "n_epochs",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "seq_len",
+    "warmup_ratio",
+    "lr_scheduler",
+    "weight_decay",
+    "grad_accum_steps",
+    "eval_every",
+    "save_every",
+)
+
+
+def adapter_name(job: Job) -> str:
+    """``ft:{base}:{suffix}:{job}``, the name the registry and ``/v1/models`` use."""
+    return f"ft:{job.model}:{job.suffix or 'esft'}:{job.id}"
+
+
+def check_method(method: Method) -> None:
+    """Build the library configs from the non-``auto`` values so every bad value is reported at once (400)."""
+    esft = method.esft
+    hp = esft.hyperparameters.model_dump(mode="json")
+    training = {key: hp[key] for key in _TRAINING_KEYS if hp.get(key) not in (None, "auto")}
+    try:
+        TrainingConfig(**training)
+        SelectionConfig(
+            score_function=esft.score_function,
+            top_p=None if esft.top_p == AutoValue.auto else esft.top_p,
+            max_experts_per_layer=esft.max_experts_per_layer,
+        )
+        if esft.n_sample_tokens != AutoValue.auto:
+            ScoringConfig(n_sample_tokens=esft.n_sample_tokens)
+    except ConfigError as exc:
+        param = f"method.esft.{exc.param}" if exc.param else _guess_param(exc.message)
+        raise ServiceError(
+            400, f"Invalid ESFT method: {exc.message}", code="invalid_hyperparameters", param=param
+        ) from None
+
+
+def _guess_param(message: str) -> str:
+    for key in _TRAINING_KEYS:
+        if message.startswith(key) or f"; {key}" in message:
+            return f"method.esft.hyperparameters.{key}"
+    return "method.esft"
+
+
+def create(session: Session, queue: Queue, project_id: str, body: JobCreate) -> Job:
+    """Check model, files and method; store the job as ``validating_files`` and enqueue its validation."""
+    if session.get(BaseModel, body.model) is None:
+        raise ServiceError(
+            404,
+            f"Model {body.model!r} is not a registered base model (see GET /v1/models).",
+            code="model_not_found",
+            param="model",
+        )
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(body, param)
+        if file_id is not None and files.get(session, project_id, file_id, param=param).purpose != "fine-tune":
+            raise ServiceError(
+                400,
+                f"{param} {file_id} was not uploaded with purpose 'fine-tune'.",
+                code="invalid_file_purpose",
+                param=param,
+            )
+    check_method(body.method)
+    hyperparameters = body.method.esft.hyperparameters.model_dump(mode="json")
+    job = Job(
+        id=new_id("ftjob"),
+        project_id=project_id,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        method=body.method.model_dump(mode="json"),
+        hyperparameters=hyperparameters,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        suffix=body.suffix,
+        metadata_=body.metadata,
+        status="validating_files",
+        step="validate",
+    )
+    session.add(job)
+    runs.add_event(session, job.id, f"Created fine-tuning job {job.id} on {job.model}.")
+    session.flush()
+    runs.dispatch(session, job, "validate", queue)
+    return job
+
+
+def get(session: Session, project_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.project_id != project_id:
+        raise not_found("fine_tuning_job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(session: Session, project_id: str, *, status: str | None, after: str | None, limit: int):
+    query = select(Job).where(Job.project_id == project_id)
+    if status:
+        query = query.where(Job.status == status)
+    return page_newest_first(session, query, Job, after=after, limit=limit)
+
+
+def cancel(session: Session, project_id: str, job_id: str) -> Job:
+    job = get(session, project_id, job_id)
+    if not runs.cancel(session, job):
+        raise ServiceError(
+            409,
+            f"Job {job_id} is already {job.status}; only unfinished jobs can be cancelled.",
+            code="job_not_cancellable",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1-based place among waiting jobs (all projects share the devices), or None once the job started."""
+    if job.status not in WAITING:
+        return None
+    ahead = session.scalar(
+        select(func.count()).select_from(Job).where(Job.status.in_(WAITING), Job.created_at < job.created_at)
+    )
+    return int(ahead or 0) + 1
+
+
+def _estimated_finish(job: Job) -> int | None:
+    if job.seconds_remaining is None or job.heartbeat_at is None or job.status != "running":
+        return None
+    return int(job.heartbeat_at.timestamp() + job.seconds_remaining)
+
+
+def to_public(session: Session, job: Job) -> JobObject:
+    error = (
+        JobError(code=job.error_code, message=job.error_message or "", param=job.error_param)
+        if job.error_code
+        else None
+    )
+    progress = (
+        JobProgress(fraction=job.progress, seconds_remaining=job.seconds_remaining)
+        if job.progress is not None
+        else None
+    )
+    data: dict[str, Any] = dict(
+        id=job.id,
+        created_at=unix(job.created_at),
+        started_at=unix(job.started_at),
+        finished_at=unix(job.finished_at),
+        estimated_finish=_estimated_finish(job),
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model,
+        organization_id=job.project_id,
+        status=job.status,
+        phase=job.phase if job.status in ("running", "validating_files") else None,
+        progress=progress,
+        queue_position=queue_position(session, job),
+        error=error,
+        hyperparameters=job.hyperparameters,
+        method=job.method,
+        result_files=job.result_files or [],
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        seed=job.seed,
+        suffix=job.suffix,
+        metadata=job.metadata_,
+    )
+    return JobObject(**data)

@@ -1,0 +1,81 @@
+"""Service configuration: the only reader of environment variables (``ESFT_*``, ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the API and the workers, with embedded-mode defaults (SQLite, filesystem broker, CPU).
+
+    >>> Settings(data_dir="/tmp/x").database_url
+    'sqlite:////tmp/x/esft.db'
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESFT_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default=Path(".esft"), description="root of the database, broker, files and artifacts")
+    database_url_override: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "ESFT_DATABASE_URL"),
+        description="SQLAlchemy URL; default SQLite under data_dir",
+    )
+    broker_url_override: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ESFT_BROKER_URL", "CELERY_BROKER_URL"),
+        description="Celery broker; default the kombu filesystem transport under data_dir",
+    )
+    auto_migrate: bool = Field(default=True, description="upgrade the database when the API starts")
+    queue: str = Field(default="esft", description="Celery queue of the pipeline tasks (one per device pool)")
+    broker_polling_interval: float = 0.1
+    redis_visibility_timeout: int = 24 * 3600
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, description="largest accepted dataset upload")
+    max_json_bytes: int = Field(default=1024 * 1024, description="largest accepted non-upload request body")
+    min_examples: int = Field(default=10, description="a training file needs at least this many valid examples")
+    max_report_errors: int = 20
+    model_roots: list[Path] | None = Field(
+        default=None,
+        description="directories base models may be registered from over HTTP; default data_dir/models",
+    )
+
+    lease_ttl_s: float = Field(default=60.0, description="a running step whose heartbeat is older is re-enqueued")
+    heartbeat_interval_s: float = Field(default=2.0, description="how often a running step renews its lease")
+    reaper_interval_s: float = Field(default=15.0, description="how often the worker looks for stale jobs")
+    requeue_undelivered_after_s: float = Field(
+        default=6 * 3600, description="a dispatched step nobody picked up is re-enqueued after this long"
+    )
+    event_throttle_s: float = Field(default=1.0, description="at most one metrics event per this many seconds")
+    eval_max_examples: int = Field(default=32, description="examples the evaluate step generates answers for")
+    eval_max_new_tokens: int = Field(default=32, description="longest answer generated during evaluation")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N for this worker")
+    parent_pid: int | None = Field(default=None, description="embedded worker: shut down when this process dies")
+
+    @property
+    def database_url(self) -> str:
+        return self.database_url_override or f"sqlite:///{self.data_dir.resolve()}/esft.db"
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker_url_override or "filesystem://"
+
+    @cached_property
+    def broker_dir(self) -> Path:
+        return self.data_dir.resolve() / "broker"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def allowed_model_roots(self) -> list[Path]:
+        roots = self.model_roots if self.model_roots is not None else [self.data_dir / "models"]
+        return [Path(root).resolve() for root in roots]
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.data_dir.resolve() / "api_key"

@@ -1,0 +1,123 @@
+"""Blob storage for uploads and artifacts: validated keys (never raw user input), atomic writes, sha256.
+
+Keys are ``/``-separated server-made names (``files/file-abc``, ``adapters/ftjob-xyz``). Every write goes to a
+temporary sibling first and is renamed into place, so a half-written blob or adapter is never visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHUNK = 1024 * 1024
+
+
+class TooLarge(Exception):
+    """The stream passed the size limit; nothing was kept."""
+
+
+class Storage(Protocol):
+    def path(self, key: str) -> Path: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+
+
+def check_key(key: str) -> list[str]:
+    """Split a storage key, rejecting anything that could escape the root (``..``, absolute, odd chars)."""
+    parts = key.split("/")
+    if not parts or any(not _SEGMENT.match(part) or part in (".", "..") for part in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return parts
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LocalStorage:
+    """Storage on a local (or shared) filesystem under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key))
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    async def save_stream(self, chunks: AsyncIterator[bytes], *, max_bytes: int) -> tuple[Path, int, str]:
+        """Stream into a temporary file, hashing as it goes; return ``(tmp_path, size, sha256)``.
+
+        The caller validates the temporary file and then ``commit``s or ``discard``s it.
+
+        Raises:
+            TooLarge: more than ``max_bytes`` arrived (the temporary file is already removed).
+        """
+        digest, size = hashlib.sha256(), 0
+        handle = tempfile.NamedTemporaryFile(dir=self.tmp, delete=False, prefix="upload-")  # noqa: SIM115
+        try:
+            with handle:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(f"more than {max_bytes} bytes")
+                    digest.update(chunk)
+                    handle.write(chunk)
+        except BaseException:
+            Path(handle.name).unlink(missing_ok=True)
+            raise
+        return Path(handle.name), size, digest.hexdigest()
+
+    def commit(self, tmp_path: Path, key: str) -> Path:
+        """Atomically move a finished temporary file to ``key``."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_path, target)
+        return target
+
+    def commit_tree(self, source: Path, key: str, *, ignore=None) -> Path:
+        """Copy a directory to ``key`` atomically: copy to a hidden sibling, fsync-free rename into place."""
+        target = self.path(key)
+        if target.exists():
+            raise FileExistsError(f"{key} already exists; stored trees are immutable")
+        staging = target.parent / f".staging-{uuid.uuid4().hex}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copytree(source, staging, ignore=ignore)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def discard(self, tmp_path: Path) -> None:
+        Path(tmp_path).unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        target = self.path(key)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        with self.open(key) as handle:
+            yield from iter(lambda: handle.read(CHUNK), b"")

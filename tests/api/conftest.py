@@ -1,0 +1,13 @@
+"""Fixtures for the API tests (from `api.testing`): a fresh app per test, two projects, a toy model."""
+
+from api.testing import (  # noqa: F401
+    auth,
+    base_model,
+    client,
+    other_auth,
+    queue,
+    settings,
+    toy_model_dir,
+    training_file,
+    upload,
+)

@@ -1,0 +1,117 @@
+"""Jobs: create and enqueue, request validation, listing, cancel, events (JSON pages and SSE), checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.testing import assert_error, chat_rows, job_body, jsonl
+
+
+@pytest.fixture
+def job(client, auth, base_model, training_file) -> dict:
+    response = client.post("/v1/fine_tuning/jobs", json=job_body(base_model, training_file), headers=auth)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_create_enqueues_validation(job, queue):
+    assert job["object"] == "fine_tuning.job" and job["status"] == "validating_files"
+    assert job["queue_position"] == 1 and job["method"]["type"] == "esft"
+    assert job["hyperparameters"]["max_steps"] == 4 and job["hyperparameters"]["n_epochs"] == "auto"
+    assert queue.sent == [("validate", job["id"], queue.sent[0][2])]
+
+
+def test_defaults_are_auto(client, auth, base_model, training_file):
+    body = {"model": base_model, "training_file": training_file}
+    job = client.post("/v1/fine_tuning/jobs", json=body, headers=auth).json()
+    esft = job["method"]["esft"]
+    assert esft["score_function"] == "token" and esft["top_p"] == "auto"
+    assert esft["hyperparameters"]["learning_rate"] == "auto"
+
+
+def test_unknown_model_and_files(client, auth, base_model, training_file):
+    body = job_body("nope", training_file)
+    assert_error(client.post("/v1/fine_tuning/jobs", json=body, headers=auth), 404, "model_not_found", "model")
+    body = job_body(base_model, "file-missing")
+    assert_error(client.post("/v1/fine_tuning/jobs", json=body, headers=auth), 404, "file_not_found", "training_file")
+    body = {**job_body(base_model, training_file), "validation_file": "file-missing"}
+    assert_error(client.post("/v1/fine_tuning/jobs", json=body, headers=auth), 404, param="validation_file")
+
+
+@pytest.mark.parametrize(
+    ("esft", "status", "param"),
+    [
+        ({"top_p": False}, 422, "method.esft.top_p"),
+        ({"top_p": 1.5}, 400, "method.esft.top_p"),
+        ({"score_function": "magic"}, 422, "method.esft.score_function"),
+        ({"hyperparameters": {"learning_rate": -1.0}}, 400, "method.esft.hyperparameters.learning_rate"),
+        ({"hyperparameters": {"batch_size": "8"}}, 422, "method.esft.hyperparameters.batch_size.int"),
+        ({"hyperparameters": {"warmup_ratio": 2.0}}, 422, "method.esft.hyperparameters.warmup_ratio"),
+        ({"unknown": 1}, 422, "method.esft.unknown"),
+    ],
+)
+def test_invalid_hyperparameters(client, auth, base_model, training_file, esft, status, param):
+    body = {"model": base_model, "training_file": training_file, "method": {"type": "esft", "esft": esft}}
+    error = assert_error(client.post("/v1/fine_tuning/jobs", json=body, headers=auth), status)
+    assert error["param"] == param or error["param"].startswith(param), error
+
+
+def test_suffix_and_metadata_limits(client, auth, base_model, training_file):
+    body = {**job_body(base_model, training_file), "suffix": "x" * 65}
+    assert_error(client.post("/v1/fine_tuning/jobs", json=body, headers=auth), 422, param="suffix")
+    body = {**job_body(base_model, training_file), "metadata": {str(i): "v" for i in range(17)}}
+    assert_error(client.post("/v1/fine_tuning/jobs", json=body, headers=auth), 422, param="metadata")
+
+
+def test_list_filters_and_pages(client, auth, base_model, training_file):
+    ids = [
+        client.post("/v1/fine_tuning/jobs", json=job_body(base_model, training_file), headers=auth).json()["id"]
+        for _ in range(3)
+    ]
+    client.post(f"/v1/fine_tuning/jobs/{ids[0]}/cancel", headers=auth)
+    page = client.get("/v1/fine_tuning/jobs?limit=2", headers=auth).json()
+    assert [j["id"] for j in page["data"]] == [ids[2], ids[1]] and page["has_more"]
+    after = client.get(f"/v1/fine_tuning/jobs?after={ids[1]}", headers=auth).json()
+    assert [j["id"] for j in after["data"]] == [ids[0]]
+    cancelled = client.get("/v1/fine_tuning/jobs?status=cancelled", headers=auth).json()
+    assert [j["id"] for j in cancelled["data"]] == [ids[0]]
+    assert_error(client.get("/v1/fine_tuning/jobs?status=bogus", headers=auth), 422)
+
+
+def test_cancel_then_conflict(client, auth, job):
+    cancelled = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+    again = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
+    assert_error(again, 409, "job_not_cancellable")
+    assert again.headers["x-should-retry"] == "false"
+
+
+def test_events_pages_and_stream(client, auth, job):
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=1", headers=auth).json()
+    assert events["has_more"] and events["data"][0]["object"] == "fine_tuning.job.event"
+    rest = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?after={events['data'][0]['id']}", headers=auth).json()
+    assert "cancelled" in rest["data"][-1]["message"]
+    with client.stream("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true", headers=auth) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        body = "".join(stream.iter_text())
+    assert body.count("event: message") == 2 and body.rstrip().endswith("data: [DONE]")
+
+
+def test_checkpoints_and_artifacts_start_empty(client, auth, job):
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=auth).json()["data"] == []
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts", headers=auth).json()["data"] == []
+    missing = client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/loss_curve.png", headers=auth)
+    assert_error(missing, 404, "artifact_not_found")
+    assert_error(client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/..%2Fesft.db", headers=auth), 404)
+
+
+def test_deleting_a_file_in_use_conflicts(client, auth, job, training_file):
+    assert_error(client.delete(f"/v1/files/{training_file}", headers=auth), 409, "file_in_use")
+
+
+def test_job_on_invalid_file_is_accepted_then_fails_in_validation(client, auth, base_model, upload, queue):
+    bad = upload(jsonl(chat_rows(4) + [{"messages": [{"role": "user", "content": "no answer"}]}])).json()
+    assert bad["status"] == "error"
+    job = client.post("/v1/fine_tuning/jobs", json=job_body(base_model, bad["id"]), headers=auth).json()
+    assert job["status"] == "validating_files"

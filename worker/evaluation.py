@@ -1,0 +1,107 @@
+"""The evaluate step: plots, metrics CSV, and base-vs-adapter answers with exact-match accuracy."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from esft.data.formats import iter_examples
+from worker.artifacts import (
+    EVAL_RESULTS,
+    EXPERT_CONFIG,
+    LOSS_PNG,
+    METRICS_CSV,
+    METRICS_JSONL,
+    SCORES,
+    SCORES_PNG,
+    TRAIN_DIR,
+    TRAIN_REPORT,
+    copy_atomic,
+    metrics_csv,
+    write_json,
+)
+from worker.progress import Cancelled
+
+if TYPE_CHECKING:
+    from worker.steps import StepContext
+
+log = logging.getLogger(__name__)
+
+
+def eval_examples(path: Path, limit: int) -> list[tuple[Any, str]]:
+    """``(prompt, expected)`` pairs: chat prompts end before the last assistant turn; completions split."""
+    pairs: list[tuple[Any, str]] = []
+    for example in iter_examples(path):
+        if len(pairs) >= limit:
+            break
+        if example.kind == "chat":
+            messages = [{"role": m["role"], "content": m["content"]} for m in example.messages or ()]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            if last > 0:
+                pairs.append((messages[:last], messages[last]["content"]))
+        elif example.kind == "completion" and example.prompt:
+            pairs.append((example.prompt, example.completion or ""))
+    return pairs
+
+
+def _same(answer: str, expected: str) -> bool:
+    return answer.strip().lower() == expected.strip().lower()
+
+
+def _reports(ctx: StepContext) -> None:
+    """Copy the run's metrics next to the other artifacts and draw the pictures (best effort)."""
+    train_dir = ctx.work / TRAIN_DIR
+    for name in (METRICS_JSONL, TRAIN_REPORT):
+        if (train_dir / name).is_file():
+            copy_atomic(train_dir / name, ctx.work / name)
+    if (ctx.work / METRICS_JSONL).is_file():
+        metrics_csv(ctx.work / METRICS_JSONL, ctx.work / METRICS_CSV)
+    drawings = (
+        (ctx.lib.plot_scores, (ctx.work / SCORES, ctx.work / SCORES_PNG, ctx.work / EXPERT_CONFIG)),
+        (ctx.lib.plot_loss, (ctx.work / METRICS_JSONL, ctx.work / LOSS_PNG)),
+    )
+    for draw, args in drawings:
+        try:
+            draw(*args)
+        except Exception as exc:  # a missing picture must not fail a trained job
+            log.exception("plot failed")
+            ctx.log(f"Could not draw {args[1].name}: {exc}", level="warn")
+
+
+def evaluate(ctx: StepContext) -> dict[str, Any]:
+    out = ctx.work / EVAL_RESULTS
+    if out.exists():
+        return {}
+    _reports(ctx)
+    source = ctx.validation_path or ctx.training_path
+    pairs = eval_examples(source, ctx.settings.eval_max_examples)
+    prompts = [prompt for prompt, _ in pairs]
+    base, tuned = ctx.lib.compare(
+        ctx.model_dir,
+        ctx.work / TRAIN_DIR,
+        prompts,
+        max_new_tokens=ctx.settings.eval_max_new_tokens,
+        should_stop=ctx.should_stop,
+    )
+    if ctx.should_stop():
+        raise Cancelled("stopped during evaluation")
+    rows = [
+        {"prompt": p, "expected": e, "base": b, "adapter": a} for (p, e), b, a in zip(pairs, base, tuned, strict=False)
+    ]
+    n = max(len(rows), 1)
+    summary = {
+        "n_examples": len(rows),
+        "source": "validation_file" if ctx.validation_path else "training_file",
+        "accuracy_base": sum(_same(r["base"], r["expected"]) for r in rows) / n,
+        "accuracy_adapter": sum(_same(r["adapter"], r["expected"]) for r in rows) / n,
+    }
+    write_json(out, {**summary, "examples": rows})
+    ctx.log(
+        f"Evaluation on {len(rows)} examples: exact match"
+        f" {summary['accuracy_adapter']:.0%} with the adapter, "
+        f"{summary['accuracy_base']:.0%} without.",
+        type="metrics",
+        data={"phase": "evaluating", **summary},
+    )
+    return {}

@@ -1,0 +1,127 @@
+"""Progress and liveness of a running step: events and job fields from ProgressEvent; lease and cancel.
+
+The heartbeat thread renews the job's lease and turns a cancel flag (or a lost lease) into ``should_stop()``;
+the training loop polls it every step, so a cancel frees the device within about one heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from api.db.models import Checkpoint
+from api.db.session import session_scope
+from api.services import runs
+from api.services.common import new_id
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or this worker lost its lease) while a step was running."""
+
+
+class Heartbeat:
+    """Context manager: a daemon thread that renews the lease every ``interval`` seconds."""
+
+    def __init__(self, url: str, job_id: str, owner: str, *, ttl_s: float, interval_s: float):
+        self.url, self.job_id, self.owner = url, job_id, owner
+        self.ttl_s, self.interval_s = ttl_s, interval_s
+        self.stop_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def should_stop(self) -> bool:
+        return self.stop_requested.is_set()
+
+    def beat(self) -> None:
+        with session_scope(self.url) as session:
+            beat = runs.heartbeat(session, self.job_id, self.owner, self.ttl_s)
+        if not beat.holds_lease:
+            self.lease_lost.set()
+        if beat.cancel or not beat.holds_lease:
+            self.stop_requested.set()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception:  # a flaky DB must not kill the step; the lease just ages
+                log.exception("heartbeat for %s failed", self.job_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join(timeout=self.interval_s + 5)
+
+
+class ProgressReporter:
+    """Callable for ``progress=``: writes throttled metrics events, job progress and checkpoint rows."""
+
+    def __init__(self, url: str, job_id: str, owner: str, heartbeat: Heartbeat, *, throttle_s: float):
+        self.url, self.job_id, self.owner = url, job_id, owner
+        self.heartbeat = heartbeat
+        self.throttle_s = throttle_s
+        self._last = 0.0
+
+    def __call__(self, event: Any) -> None:
+        if event.phase != "training" and self.heartbeat.should_stop():
+            raise Cancelled(f"stopped during {event.phase}")  # scoring has no should_stop of its own
+        checkpoint = getattr(event, "checkpoint", None)
+        if checkpoint:
+            self.record_checkpoint(event.step, checkpoint, event.to_dict())
+        final = event.step >= event.total_steps
+        if not final and not checkpoint and time.monotonic() - self._last < self.throttle_s:
+            return
+        self._last = time.monotonic()
+        self.write(event)
+
+    def write(self, event: Any) -> None:
+        data = metrics_data(event)
+        with session_scope(self.url) as session:
+            values: dict[str, Any] = {}
+            if event.phase == "training":
+                values = {
+                    "progress": round(event.step / max(event.total_steps, 1), 4),
+                    "seconds_remaining": event.eta_s,
+                    "trained_tokens": event.trained_tokens,
+                }
+            if runs.update_owned(session, self.job_id, self.owner, **values):
+                message = f"{event.phase.capitalize()} step {event.step}/{event.total_steps}"
+                if event.loss is not None:
+                    message += f": loss {event.loss:.4f}"
+                runs.add_event(session, self.job_id, message, type="metrics", data=data)
+
+    def record_checkpoint(self, step: int, path: str, metrics: dict[str, Any]) -> None:
+        try:
+            with session_scope(self.url) as session:
+                session.add(
+                    Checkpoint(
+                        id=new_id("ftckpt"),
+                        job_id=self.job_id,
+                        step_number=step,
+                        path=path,
+                        metrics=metrics_data_from_dict(metrics),
+                    )
+                )
+        except IntegrityError:
+            pass  # recorded before a restart; checkpoints of a step are identical
+
+
+def metrics_data_from_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's metrics vocabulary (step, train_loss, valid_loss, ...) plus ours."""
+    names = {"loss": "train_loss", "val_loss": "valid_loss"}
+    skip = {"checkpoint", "phase"}
+    return {names.get(k, k): v for k, v in raw.items() if k not in skip}
+
+
+def metrics_data(event: Any) -> dict[str, Any]:
+    return {"phase": event.phase, **metrics_data_from_dict(event.to_dict())}

@@ -1,0 +1,62 @@
+"""The reaper: re-enqueues steps whose worker stopped heartbeating (or that were never delivered).
+
+No embedded broker redelivers a task after a whole worker dies, and Redis redelivers long tasks while they
+still run, so recovery comes from the jobs table. Runs as a thread in every worker, or alone:
+``python -m worker.reaper [--once]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+from api.db.session import session_scope
+from api.queue import Queue
+from api.services import runs
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(settings: Settings, queue: Queue) -> list[str]:
+    with session_scope(settings.database_url) as session:
+        ids = runs.reap(session, queue, undelivered_after_s=settings.requeue_undelivered_after_s)
+    for job_id in ids:
+        log.warning("re-enqueued job %s", job_id)
+    return ids
+
+
+def _loop(settings: Settings, queue: Queue, stop: threading.Event) -> None:
+    while True:
+        try:
+            reap_once(settings, queue)
+        except Exception:
+            log.exception("reaper pass failed")
+        if stop.wait(settings.reaper_interval_s):
+            return
+
+
+def start_thread(settings: Settings, queue: Queue) -> threading.Event:
+    """Reap now and then every ``reaper_interval_s`` in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+    threading.Thread(target=_loop, args=(settings, queue, stop), name="esft-reaper", daemon=True).start()
+    return stop
+
+
+def main(argv: list[str] | None = None) -> None:
+    from api.queue import CeleryQueue
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    queue = CeleryQueue(settings)
+    if args.once:
+        print("\n".join(reap_once(settings, queue)))
+        return
+    start_thread(settings, queue).wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Pipeline steps: job row → esft call → artifacts in the job's folder. Each skips if its artifact exists.
+
+A step returns the job fields to set when it finishes (the runner writes them under the lease), raises
+``StepFailed`` for a user-facing failure, or lets ``Cancelled`` / ``TrainingCancelled`` through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from api.db.models import Job
+from api.settings import Settings
+from api.storage import LocalStorage
+from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
+from esft.constants import ADAPTER_CONFIG_NAME, CHECKPOINTS_DIR
+from esft.data.formats import validate_jsonl
+from worker import hyperparams
+from worker.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, VALIDATION_REPORT, write_json
+from worker.evaluation import evaluate
+from worker.library import Library
+from worker.progress import ProgressReporter
+
+
+class StepFailed(Exception):
+    """A failure the user must fix; becomes the job's ``error``."""
+
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+@dataclass
+class StepContext:
+    job: Job
+    settings: Settings
+    storage: LocalStorage
+    lib: Library
+    work: Path
+    model_dir: Path
+    training_path: Path
+    validation_path: Path | None
+    reporter: ProgressReporter | None
+    should_stop: Callable[[], bool]
+    log: Callable[..., None]
+
+
+def _model_facts(model_dir: Path) -> tuple[Callable[[str], int] | None, int | None]:
+    """A torch-free token counter from ``tokenizer.json`` and the context length from ``config.json``."""
+    count = None
+    if (model_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        count = lambda text: len(tokenizer.encode(text).ids)  # noqa: E731
+    config = json.loads((model_dir / "config.json").read_text())
+    return count, config.get("max_position_embeddings")
+
+
+def _check_report(report: dict, param: str) -> None:
+    blocking = {code: n for code, n in report["error_counts"].items() if code != "too_many_tokens"}
+    if not blocking:
+        return
+    first = [e for e in report["errors"] if e["code"] != "too_many_tokens"][:3]
+    detail = "; ".join(
+        f"line {e['line']}: {e['code']}: {e['message']}" if e["line"] else f"{e['code']}: {e['message']}" for e in first
+    )
+    counts = ", ".join(f"{code} x{n}" for code, n in sorted(blocking.items()))
+    raise StepFailed("invalid_file", f"The {param} has problems ({counts}). {detail}", param=param)
+
+
+def validate(ctx: StepContext) -> dict[str, Any]:
+    """Validate the files against the base model (tokens, context) and resolve ``auto`` hyperparameters."""
+    out = ctx.work / VALIDATION_REPORT
+    if out.exists():
+        return {"hyperparameters": json.loads(out.read_text())["hyperparameters"]}
+    count, context = _model_facts(ctx.model_dir)
+    reports = {}
+    for param, path, minimum in (
+        ("training_file", ctx.training_path, ctx.settings.min_examples),
+        ("validation_file", ctx.validation_path, 1),
+    ):
+        if path is None:
+            continue
+        report = validate_jsonl(
+            path,
+            count_tokens=count,
+            max_context=context if count else None,
+            max_errors=ctx.settings.max_report_errors,
+            min_examples=minimum,
+        ).to_dict()
+        _check_report(report, param)
+        if report["n_over_context"]:
+            ctx.log(
+                f"{report['n_over_context']} example(s) in the {param} exceed the context of {context} "
+                "tokens and will be truncated.",
+                level="warn",
+            )
+        reports[param] = report
+    train = reports["training_file"]
+    resolved = hyperparams.resolve(ctx.job.hyperparameters, train["n_examples"], train["token_stats"], context)
+    write_json(out, {"reports": reports, "hyperparameters": resolved})
+    ctx.log(f"Files validated: {train['n_examples']} training examples; {resolved['total_steps']} steps planned.")
+    return {"hyperparameters": resolved}
+
+
+def score(ctx: StepContext) -> dict[str, Any]:
+    out = ctx.work / SCORES
+    if not out.exists():
+        config = ScoringConfig(**hyperparams.scoring_kwargs(ctx.job.hyperparameters, ctx.job.method))
+        ctx.lib.score(ctx.model_dir, ctx.training_path, out, config, progress=ctx.reporter)
+        ctx.log("Expert scores computed.")
+    return {}
+
+
+def select(ctx: StepContext) -> dict[str, Any]:
+    out = ctx.work / EXPERT_CONFIG
+    if not out.exists():
+        ctx.lib.select(ctx.work / SCORES, SelectionConfig(**hyperparams.selection_kwargs(ctx.job.method)), out)
+        experts = json.loads(out.read_text()).get("experts", {})
+        chosen = {layer: ids for layer, ids in experts.items()}
+        total = sum(len(ids) for ids in chosen.values())
+        ctx.log(f"Selected {total} experts across {len(chosen)} MoE layers.", data={"experts": chosen})
+    return {}
+
+
+def has_checkpoint(train_dir: Path) -> bool:
+    folder = train_dir / CHECKPOINTS_DIR
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def train(ctx: StepContext) -> dict[str, Any]:
+    train_dir = ctx.work / TRAIN_DIR
+    report_path = train_dir / "train_report.json"
+    if (train_dir / ADAPTER_CONFIG_NAME).exists() and report_path.exists():
+        return {"trained_tokens": json.loads(report_path.read_text()).get("trained_tokens")}
+    config = TrainingConfig(**hyperparams.training_kwargs(ctx.job.hyperparameters, ctx.job.method, ctx.job.seed))
+    resume = has_checkpoint(train_dir)
+    if resume:
+        ctx.log("Resuming training from the latest checkpoint.")
+    result = ctx.lib.train(
+        ctx.model_dir,
+        ctx.training_path,
+        ctx.work / EXPERT_CONFIG,
+        train_dir,
+        config,
+        validation_path=ctx.validation_path,
+        resume=resume,
+        progress=ctx.reporter,
+        should_stop=ctx.should_stop,
+    )
+    ctx.log(f"Training finished: {result.steps} steps, final loss {result.final_loss}.")
+    return {"trained_tokens": result.trained_tokens}
+
+
+def _result_file(session, ctx: StepContext) -> list[str]:
+    """Expose ``metrics.csv`` as a ``fine-tune-results`` file, as OpenAI's ``result_files`` do."""
+    from sqlalchemy import select
+
+    from api.db.models import File
+    from api.services.common import new_id
+    from api.storage import sha256_file
+
+    key = f"jobs/{ctx.job.id}/{METRICS_CSV}"
+    path = ctx.storage.path(key)
+    if not path.is_file():
+        return []
+    existing = session.scalar(select(File).where(File.storage_key == key))
+    if existing is None:
+        existing = File(
+            id=new_id("file"),
+            project_id=ctx.job.project_id,
+            filename=f"{ctx.job.id}-{METRICS_CSV}",
+            purpose="fine-tune-results",
+            bytes=path.stat().st_size,
+            sha256=sha256_file(path),
+            status="processed",
+            storage_key=key,
+        )
+        session.add(existing)
+    return [existing.id]
+
+
+def register(ctx: StepContext) -> dict[str, Any]:
+    from api.db.session import session_scope
+    from api.services.jobs import adapter_name
+    from api.services.registry import register_adapter
+
+    name = adapter_name(ctx.job)
+    with session_scope(ctx.settings.database_url) as session:
+        register_adapter(session, ctx.storage, ctx.job, name, ctx.work / TRAIN_DIR)
+        result_files = _result_file(session, ctx)
+    ctx.log(f"New fine-tuned model created: {name}")
+    return {"fine_tuned_model": name, "result_files": result_files}
+
+
+STEP_FUNCTIONS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
+    "validate": validate,
+    "score": score,
+    "select": select,
+    "train": train,
+    "evaluate": evaluate,
+    "register": register,
+}
