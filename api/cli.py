@@ -91,6 +91,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Also run a Celery worker subprocess.")] = True,
+    inference: Annotated[bool, typer.Option(help="Also serve /v1/chat/completions for registered models.")] = True,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run the API and a worker on this machine: SQLite, filesystem broker, local storage, CPU or GPU."""
@@ -115,7 +116,13 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, shutdown)
     try:
-        uvicorn.run(create_app(settings, migrate=False), host=host, port=port, log_level="info")
+        app = create_app(settings, migrate=False)
+        if inference:
+            # The inference engine (torch) lives in this process only: the API modules never import torch.
+            from api.inference.embedded import mount_inference_pool
+
+            mount_inference_pool(app)
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         if process is not None:
             stop_process(process)

@@ -154,6 +154,30 @@ def show_results(client: httpx.Client, job: dict[str, Any]) -> None:
     console.print(f"Adapter: [bold]{job['fine_tuned_model']}[/]  (download: GET /v1/models/<id>/content)")
 
 
+def chat(client: httpx.Client, model: str, question: str) -> str | None:
+    """One greedy answer from the inference endpoint, or None when this server does not serve inference."""
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 16, "temperature": 0}
+    response = client.post("/v1/chat/completions", json=body, timeout=300)
+    if response.status_code in (404, 405, 503) and "inference" in response.text + str(response.status_code):
+        return None
+    return _check(response)["choices"][0]["message"]["content"]
+
+
+def show_live_answers(client: httpx.Client, job: dict[str, Any]) -> None:
+    """Ask the OpenAI-compatible endpoint, naming the base model and then the adapter (hot-swapped in)."""
+    adapter, base = job["fine_tuned_model"], job["model"]
+    questions = [TEMPLATES[0].format(colour) for colour in list(TASK)[:3]]
+    if chat(client, base, questions[0]) is None:
+        console.print("(this server has no inference endpoint: start it with `esft serve --inference`)")
+        return
+    table = Table(title="POST /v1/chat/completions: the same question to the base model and to the adapter")
+    for column in ("question", f"model={base}", "model=<adapter>"):
+        table.add_column(column)
+    for question in questions:
+        table.add_row(question, (chat(client, base, question) or "")[:24], (chat(client, adapter, question) or "")[:24])
+    console.print(table)
+
+
 def wait_for_server(client: httpx.Client, wait: float) -> bool:
     """True once ``/health`` answers; a server started a moment ago gets ``wait`` seconds."""
     deadline = time.monotonic() + wait
@@ -184,4 +208,5 @@ def run(url: str, api_key: str, settings: Settings, *, steps: int, wait: float =
             console.print(f"[red]Job {job['status']}[/]: {(job.get('error') or {}).get('message', '')}")
             return 1
         show_results(client, job)
+        show_live_answers(client, job)
     return 0

@@ -1,8 +1,9 @@
 """The inference router: OpenAI-compatible chat and text completions over an ``esft.serving.Engine``,
 plus adapter load/unload/pin. ``model`` names the base model or an adapter (as in vLLM and LoRAX).
 
-The engine is found per request (``request.app.state.inference_engine`` by default), so the router can
-be built before the engine is loaded. ``model_access(request, model)`` lets the embedding service
+The engine is found per request from the request and the ``model`` it names
+(``request.app.state.inference_engine`` by default), so the router can be built before any engine is
+loaded and a service can keep one engine per base model. ``model_access(request, model)`` lets the embedding service
 refuse adapters of another project (raise its own 404) before anything is loaded.
 """
 
@@ -31,14 +32,14 @@ from api.inference.sse import ResponseMeta, chat_chunks, text_chunks
 from api.schemas.common import error_responses
 from esft.serving import CachedAdapter, Engine, GenerationRequest, SamplingParams
 
-EngineGetter = Callable[[Request], Engine]
+EngineGetter = Callable[[Request, str | None], Engine]
 ModelAccess = Callable[[Request, str], None]
 
 ERRORS = error_responses(400, 404, 409, 422, 503)
 _SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "with `stream: true`"}
 
 
-def _default_engine(request: Request) -> Engine:
+def _default_engine(request: Request, model: str | None = None) -> Engine:
     engine = getattr(request.app.state, "inference_engine", None)
     if engine is None:
         raise ServiceError(503, "Inference is not enabled on this server.", code="inference_disabled")
@@ -65,14 +66,14 @@ class InferenceRoutes:
     """The route handlers, bound to one way of finding the engine and one access check."""
 
     def __init__(self, engine: Engine | EngineGetter | None, model_access: ModelAccess | None):
-        self.engine: EngineGetter = (lambda _r: engine) if isinstance(engine, Engine) else (engine or _default_engine)
+        fixed = isinstance(engine, Engine)
+        self.engine: EngineGetter = (lambda _r, _m: engine) if fixed else (engine or _default_engine)
         self.model_access = model_access
 
     async def _allowed(self, request: Request, model: str) -> Engine:
-        engine = self.engine(request)
         if self.model_access is not None:
             await run_in_threadpool(self.model_access, request, model)
-        return engine
+        return await run_in_threadpool(self.engine, request, model)
 
     async def _submit(self, engine: Engine, body, prompt_ids: list[int], prefix: str):
         adapter = None if engine.is_base(body.model) else body.model
@@ -110,7 +111,7 @@ class InferenceRoutes:
         )
 
     async def list_adapters(self, request: Request) -> EngineState:
-        return EngineState(data=await call(self.engine(request).stats))
+        return EngineState(data=await call((await run_in_threadpool(self.engine, request, None)).stats))
 
     async def load(self, name: str, request: Request) -> AdapterState:
         engine = await self._allowed(request, name)
@@ -139,7 +140,8 @@ def create_inference_router(
     """Build the router.
 
     Args:
-        engine: the engine, or ``request -> engine`` (default: ``request.app.state.inference_engine``).
+        engine: the engine, or ``(request, model) -> engine`` (default: ``request.app.state.inference_engine``);
+            ``model`` is None for requests that name no model.
         dependencies: route dependencies, e.g. ``[Depends(get_principal)]`` to require an API key.
         model_access: called (in the thread pool) with the request and ``model`` before serving it;
             raise a ``ServiceError`` to refuse.

@@ -66,7 +66,7 @@ def apply_adapter(model: nn.Module, adapter: ESFTAdapter, *, check: bool = True)
         param = model.get_parameter(key)
         if key in adapter.row_tensors:
             ids = torch.tensor(adapter.expert_config.experts[adapter.row_tensors[key]], device=param.device)
-            originals[key] = param.index_select(0, ids)
+            originals[key] = param[ids]  # advanced indexing copies; far faster than index_select on CPU
             param.index_copy_(0, ids, tensor.to(device=param.device, dtype=param.dtype))
             row_ids[key] = ids
         else:
