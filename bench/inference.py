@@ -4,12 +4,17 @@ Prints one JSON object:
 
 - ``swap_ms``: apply + restore of one adapter from host memory (``esft.serving.swap.HotSwap``, the
   engine's hot-swap path); ``memcpy_ms``: one raw ``copy_`` of the adapter's bytes into a warm buffer;
-  ``swap_over_memcpy``. Apply + restore must move those bytes twice, so 2.0 is the floor.
-- ``generic_swap_ms``: the same with ``esft.adapters.apply_adapter`` + ``restore`` (for reference).
+  ``swap_over_memcpy`` (median of per-round ratios). Apply + restore in place must move those bytes
+  twice (adapter in, base back), so 2.0 is the floor.
+- ``slot_swap_ms``: the mixed-batch path's switch: copy the adapter into expert slots + evict it (the
+  base rows are never written, so one copy).
+- ``generic_swap_ms``: ``esft.adapters.apply_adapter`` + ``restore`` (saves the rows on every apply).
 - ``cold_load_ms``: an adapter cache miss: read + sha256 check + compatibility check from disk.
-- throughputs (generated tokens/s over prefill + decode of a batch): base model without slots, one
-  adapter through expert slots (the default mixed path) and through hot-swap, and a batch mixing
-  ``--adapters`` adapters; ``adapter_over_base`` and ``mixed_over_single`` are the target ratios.
+- throughputs (generated tokens/s over prefill + decode of a batch) on two servers: a hot-swap server
+  (plain model: ``base_tok_s``, ``adapter_swap_tok_s``) and a mixed-batch server (expert slots:
+  ``base_slots_tok_s``, ``adapter_tok_s``, ``mixed_tok_s`` with ``--adapters`` adapters in one batch).
+  Ratios are medians of per-round ratios: ``adapter_over_base`` (mixed server), ``adapter_swap_over_base``,
+  ``slots_base_over_plain_base`` (what attached slots cost the base model) and ``mixed_over_single``.
 
 The model is a random toy MoE (deepseek_v2 layout) big enough that compute dominates on 2 CPU cores.
 Adapters are synthetic: ``--selected`` random experts per layer with perturbed weights (what ESFT
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -53,8 +59,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--swap-repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = parser.parse_args()
@@ -115,21 +121,26 @@ def copy_costs(model, adapter: ESFTAdapter, adapter_dir: Path, repeats: int) -> 
         slots.place("a0", adapter)
         slots.evict("a0")
 
-    times = interleaved_ms({"memcpy": memcpy, "swap": hot_swap, "slot_swap": slot_swap}, repeats)
+    def generic_swap() -> None:
+        restore(model, apply_adapter(model, adapter, check=False))
+
+    fns = {"memcpy": memcpy, "swap": hot_swap, "slot_swap": slot_swap, "generic_swap": generic_swap}
+    times = interleaved_ms(fns, repeats)
     slots.detach()
-    generic = interleaved_ms({"generic": lambda: restore(model, apply_adapter(model, adapter, check=False))}, 5)
     cold = interleaved_ms({"cold": lambda: AdapterCache(dict_resolver({"a0": adapter_dir}), 2**40).get("a0")}, 5)
-    med = {name: statistics.median(values) for name, values in times.items()}
-    paired = [s / m for s, m in zip(times["swap"], times["memcpy"], strict=True)]
+
+    def over_memcpy(name: str) -> float:  # median of ratios to the memcpy run right before
+        return round(statistics.median(a / b for a, b in zip(times[name], times["memcpy"], strict=True)), 2)
+
     return {
         "adapter_bytes": adapter.nbytes,
-        "swap_ms": round(med["swap"], 3),
-        "memcpy_ms": round(med["memcpy"], 3),
-        "swap_over_memcpy": round(statistics.median(paired), 2),
-        "slot_swap_ms": round(med["slot_swap"], 3),
-        "slot_swap_over_memcpy": round(statistics.median(
-            [s / m for s, m in zip(times["slot_swap"], times["memcpy"], strict=True)]), 2),
-        "generic_swap_ms": round(statistics.median(generic["generic"]), 3),
+        "swap_ms": round(statistics.median(times["swap"]), 3),
+        "memcpy_ms": round(statistics.median(times["memcpy"]), 3),
+        "swap_over_memcpy": over_memcpy("swap"),
+        "slot_swap_ms": round(statistics.median(times["slot_swap"]), 3),
+        "slot_swap_over_memcpy": over_memcpy("slot_swap"),
+        "generic_swap_ms": round(statistics.median(times["generic_swap"]), 3),
+        "generic_swap_over_memcpy": over_memcpy("generic_swap"),
         "cold_load_ms": round(statistics.median(cold["cold"]), 2),
     }
 
@@ -158,16 +169,35 @@ def run(args: argparse.Namespace) -> dict:
         costs = copy_costs(base_model, adapters[0], dirs["a0"], args.swap_repeats)
         tokenizer = build_tokenizer()
         sizes = dict(max_batch_size=args.batch, max_new_tokens=args.new_tokens, max_adapters_in_batch=args.adapters)
-        swap_engine = Engine(toy_model("deepseek_v2", **shape), tokenizer, resolver=dict_resolver(dirs),
-                             config=EngineConfig(batching="swap", **sizes), base_name="base")
-        mixed_engine = Engine(base_model, tokenizer, resolver=dict_resolver(dirs), base_name="base",
-                              config=EngineConfig(slot_rows=args.adapters * args.selected, **sizes))
+        swap_engine = Engine(
+            toy_model("deepseek_v2", **shape),
+            tokenizer,
+            resolver=dict_resolver(dirs),
+            config=EngineConfig(batching="swap", **sizes),
+            base_name="base",
+        )
+        mixed_engine = Engine(
+            base_model,
+            tokenizer,
+            resolver=dict_resolver(dirs),
+            base_name="base",
+            config=EngineConfig(slot_rows=args.adapters * args.selected, **sizes),
+        )
         rates = measure_throughputs(args, swap_engine, mixed_engine)
         swap_engine.close()
         mixed_engine.close()
-    shape_info = {**shape, "selected_per_layer": args.selected, "adapters": args.adapters, "batch": args.batch,
-                  "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                  "torch_threads": torch.get_num_threads(), "device": "cpu"}
+    shape_info = {
+        **shape,
+        "selected_per_layer": args.selected,
+        "adapters": args.adapters,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
     return {**costs, **rates, "setup": shape_info}
 
 
@@ -197,9 +227,9 @@ def measure_throughputs(args, swap_engine: Engine, mixed_engine: Engine) -> dict
     def ratio(top: str, bottom: str) -> float:
         return round(statistics.median(a / b for a, b in zip(samples[top], samples[bottom], strict=True)), 3)
 
-    rates["adapter_over_base"] = ratio("adapter_tok_s", "base_tok_s")
-    rates["adapter_over_base_same_engine"] = ratio("adapter_tok_s", "base_slots_tok_s")
-    rates["adapter_swap_over_base"] = ratio("adapter_swap_tok_s", "base_tok_s")
+    rates["adapter_over_base"] = ratio("adapter_tok_s", "base_slots_tok_s")  # same server, mixed path
+    rates["adapter_swap_over_base"] = ratio("adapter_swap_tok_s", "base_tok_s")  # same server, hot-swap path
+    rates["slots_base_over_plain_base"] = ratio("base_slots_tok_s", "base_tok_s")  # cost of attached slots
     rates["mixed_over_single"] = ratio("mixed_tok_s", "adapter_tok_s")
     return rates
 

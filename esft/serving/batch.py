@@ -81,6 +81,7 @@ class RunningBatch:
         self.mask: torch.Tensor | None = None  # [B, L] 1 = real token, 0 = left padding
         self.next_input: torch.Tensor | None = None  # [B, 1] token fed at the next step
         self.positions: torch.Tensor | None = None  # [B, 1] its position id
+        self.peak_adapters = 0  # most distinct adapters decoded together so far (a metric)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -104,6 +105,7 @@ class RunningBatch:
         out = self._forward(rows, input_ids, mask, positions, cache=None)
         self._merge(out.past_key_values, mask, positions[:, -1:])
         self.rows.extend(rows)
+        self.peak_adapters = max(self.peak_adapters, len(self.adapters))
         self._advance(out.logits[:, -1], first=len(self.rows) - len(rows))
 
     @torch.inference_mode()
@@ -120,8 +122,14 @@ class RunningBatch:
         if self.set_rows is not None:
             self.set_rows(torch.tensor([row.table_row for row in rows]))
         attention_mask = None if bool(mask.all()) else mask  # as `generate` does: no mask without padding
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
     def _advance(self, logits: torch.Tensor, first: int) -> None:
         """Pick the next token of rows ``first:`` from ``logits [b, V]``, then drop finished rows."""

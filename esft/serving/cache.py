@@ -115,27 +115,31 @@ class AdapterCache:
     def _load(self, name: str) -> CachedAdapter:
         path = self.resolver(name)
         if path is None:
-            raise UnknownModelError(f"The model {name!r} does not exist: it is neither the base model nor a "
-                                    "known adapter.", param="model")
+            raise UnknownModelError(
+                f"The model {name!r} does not exist: it is neither the base model nor a known adapter.", param="model"
+            )
         started = time.perf_counter()
         try:
             adapter = ESFTAdapter.from_pretrained(path)
             if self.validate is not None:
                 self.validate(adapter)
         except ESFTError as exc:
-            raise AdapterLoadError(f"Adapter {name!r} cannot be served: {exc.message}", param="model",
-                                   code=exc.code) from exc
+            raise AdapterLoadError(
+                f"Adapter {name!r} cannot be served: {exc.message}", param="model", code=exc.code
+            ) from exc
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise AdapterLoadError(f"Adapter {name!r} could not be loaded from {path}: {exc}",
-                                   param="model") from exc
+            raise AdapterLoadError(f"Adapter {name!r} could not be loaded from {path}: {exc}", param="model") from exc
         load_ms = (time.perf_counter() - started) * 1000
         return CachedAdapter(name, adapter, Path(path), load_ms)
 
     def _make_room(self, nbytes: int, name: str) -> None:
         """Evict LRU unpinned adapters until ``nbytes`` more fit; caller holds the lock."""
         if nbytes > self.budget_bytes:
-            raise CacheFullError(f"Adapter {name!r} needs {nbytes} bytes, more than the whole adapter cache "
-                                 f"({self.budget_bytes} bytes); raise the engine's `cache_bytes`.", param="model")
+            raise CacheFullError(
+                f"Adapter {name!r} needs {nbytes} bytes, more than the whole adapter cache "
+                f"({self.budget_bytes} bytes); raise the engine's `cache_bytes`.",
+                param="model",
+            )
         used = sum(entry.nbytes for entry in self._entries.values())
         for victim in [e for e in self._entries.values() if not e.pinned]:
             if used + nbytes <= self.budget_bytes:
@@ -144,8 +148,11 @@ class AdapterCache:
             used -= victim.nbytes
             self.evictions += 1
         if used + nbytes > self.budget_bytes:
-            raise CacheFullError(f"Adapter {name!r} ({nbytes} bytes) does not fit next to the pinned adapters "
-                                 f"({used} of {self.budget_bytes} bytes); unpin one first.", param="model")
+            raise CacheFullError(
+                f"Adapter {name!r} ({nbytes} bytes) does not fit next to the pinned adapters "
+                f"({used} of {self.budget_bytes} bytes); unpin one first.",
+                param="model",
+            )
 
     def unload(self, name: str) -> bool:
         """Drop ``name`` from the cache (pinned or not); False if it was not loaded."""

@@ -20,8 +20,9 @@ class EngineConfig:
         batching: ``"mixed"`` serves requests for different adapters in one forward pass (adapter experts
             live in extra expert slots); ``"swap"`` applies one adapter in place at a time (hot-swap).
             Adapters that also change dense weights (shared experts, non-expert modules) always hot-swap.
-        slot_rows: extra expert rows per MoE layer for mixed batches (``None``: as many as the layer has
-            experts). Memory cost: ``slot_rows`` experts per layer.
+        slot_rows: extra expert rows per MoE layer for mixed batches (``None``: a quarter of the layer's
+            experts). Memory cost: ``slot_rows`` experts per layer. An adapter that selects more experts
+            in some layer than fit is hot-swapped instead.
         max_adapters_in_batch: adapters that can be resident in the slots at once.
         max_batch_size: requests decoded together.
         max_new_tokens: default and cap of ``max_tokens``.

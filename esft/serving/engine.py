@@ -59,8 +59,15 @@ class Engine:
     ...     engine.complete(GenerationRequest(engine.encode("add 2 and 3"), model="math")).text
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, resolver: Resolver | None = None,
-                 config: EngineConfig | None = None, base_name: str = "base"):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        resolver: Resolver | None = None,
+        config: EngineConfig | None = None,
+        base_name: str = "base",
+    ):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.config = config or EngineConfig()
         self.base_name = base_name
@@ -80,8 +87,14 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, resolver: Resolver | None = None,
-                        config: EngineConfig | None = None, base_name: str | None = None) -> Engine:
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        resolver: Resolver | None = None,
+        config: EngineConfig | None = None,
+        base_name: str | None = None,
+    ) -> Engine:
         """Load a local base model (never from a hub) and build an engine around it."""
         from esft.workflows import load_model
 
@@ -93,7 +106,8 @@ class Engine:
         if self.config.batching != "mixed":
             return None
         rows = self.config.slot_rows
-        rows = max(layer.num_experts for layer in self.layers.values()) if rows is None else rows
+        if rows is None:  # a quarter of the experts: ESFT adapters replace ~2-15% of a layer's experts
+            rows = max(1, max(layer.num_experts for layer in self.layers.values()) // 4)
         return ExpertSlots(self.model, rows, self.config.max_adapters_in_batch) if rows > 0 else None
 
     def _validate(self, adapter: ESFTAdapter) -> None:
@@ -101,8 +115,10 @@ class Engine:
         for layer_index, ids in adapter.expert_config.experts.items():
             layer = self.layers.get(layer_index)
             if layer is None or any(not 0 <= i < layer.num_experts for i in ids):
-                raise AdapterMismatchError(f"adapter selects experts {ids} of layer {layer_index}, which this model's "
-                                           "MoE layers do not have", param="adapter")
+                raise AdapterMismatchError(
+                    f"adapter selects experts {ids} of layer {layer_index}, which this model's MoE layers do not have",
+                    param="adapter",
+                )
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -182,8 +198,11 @@ class Engine:
             raise ServingError("The prompt is empty.", param="messages", code="empty_prompt")
         if context is not None:
             if prompt >= context:
-                raise ServingError(f"The prompt has {prompt} tokens; this model's context is {context} tokens.",
-                                   param="messages", code="context_length_exceeded")
+                raise ServingError(
+                    f"The prompt has {prompt} tokens; this model's context is {context} tokens.",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
             wanted = min(wanted, context - prompt)
         return wanted
 
@@ -208,19 +227,27 @@ class Engine:
         """What is loaded, resident and queued (for ``/v1/adapters`` and metrics)."""
         with self._cond:
             waiting = len(self._waiting)
+        with self.weights_lock:  # the scheduler changes slots between steps only
+            resident = sorted(self.slots.residents) if self.slots is not None else []
         return {
             "base_model": self.base_name,
             "batching": self.config.batching,
             "running": len(self.batch),
+            "peak_adapters_in_batch": self.batch.peak_adapters,
             "waiting": waiting,
             "swapped_in": self.swap.active,
-            "cache": {"budget_bytes": self.cache.budget_bytes, "used_bytes": self.cache.used_bytes,
-                      "evictions": self.cache.evictions,
-                      "adapters": [{"name": e.name, "bytes": e.nbytes, "pinned": e.pinned,
-                                    "load_ms": round(e.load_ms, 2)} for e in self.cache.entries()]},
-            "slots": None if self.slots is None else {
-                "rows_per_layer": self.slots.rows_per_layer, "bytes": self.slots.slot_bytes,
-                "resident": sorted(self.slots.residents)},
+            "cache": {
+                "budget_bytes": self.cache.budget_bytes,
+                "used_bytes": self.cache.used_bytes,
+                "evictions": self.cache.evictions,
+                "adapters": [
+                    {"name": e.name, "bytes": e.nbytes, "pinned": e.pinned, "load_ms": round(e.load_ms, 2)}
+                    for e in self.cache.entries()
+                ],
+            },
+            "slots": None
+            if self.slots is None
+            else {"rows_per_layer": self.slots.rows_per_layer, "bytes": self.slots.slot_bytes, "resident": resident},
         }
 
     # --------------------------------------------------------------------------------------- scheduler
@@ -238,8 +265,8 @@ class Engine:
     def _iteration(self) -> None:
         """Admit what fits, then decode one step; an error fails only the requests it touched."""
         self._process_unloads()
-        if not len(self.batch):
-            self._restore_swap()
+        if not len(self.batch) and not self._next_uses(self.swap.active):
+            self._restore_swap()  # lazily: kept while the next request wants the same adapter
         cohort = self._admit()
         if cohort:
             try:
@@ -253,6 +280,11 @@ class Engine:
             except Exception as exc:  # noqa: BLE001
                 log.exception("decode step failed")
                 self.batch.fail_all(exc)
+
+    def _next_uses(self, name: str | None) -> bool:
+        with self._cond:
+            head = self._waiting[0] if self._waiting else None
+        return name is not None and head is not None and head.entry is not None and head.entry.name == name
 
     def _fail_cohort(self, cohort: Sequence[Row], error: BaseException) -> None:
         handles = {id(row.handle) for row in cohort}
@@ -323,8 +355,15 @@ class Engine:
     def _row(self, pending: _Pending, table_row: int) -> Row:
         params = pending.handle.request.params
         name = pending.entry.name if pending.entry else None
-        return Row(pending.handle, name, table_row, pending.max_tokens, Sampler(params, self.device),
-                   TextStream(self.tokenizer, params.stop), self.stop_id)
+        return Row(
+            pending.handle,
+            name,
+            table_row,
+            pending.max_tokens,
+            Sampler(params, self.device),
+            TextStream(self.tokenizer, params.stop),
+            self.stop_id,
+        )
 
     def _restore_swap(self) -> None:
         self.swap.restore()
@@ -339,4 +378,3 @@ def batch_generate(engine: Engine, requests: Sequence[GenerationRequest], timeou
     """Submit all ``requests`` at once and return their completions in order (they share batches)."""
     handles = [engine.submit(request) for request in requests]
     return [handle.result(timeout) for handle in handles]
-

@@ -69,8 +69,10 @@ class ExpertSlots:
         self._clock = 0
         self._layers = {info.layer_index: self._extend(info) for info in find_moe_layers(model)}
         self._device = next(iter(self._layers.values())).table.device
-        self._hooks = [layer.module.register_forward_pre_hook(self._hook(layer), with_kwargs=True)
-                       for layer in self._layers.values()]
+        self._hooks = [
+            layer.module.register_forward_pre_hook(self._hook(layer), with_kwargs=True)
+            for layer in self._layers.values()
+        ]
 
     @torch.no_grad()
     def _extend(self, info: MoELayer) -> _Layer:
@@ -152,7 +154,7 @@ class ExpertSlots:
                 rows = adapter.tensors.get(f"{layer.info.experts_name}.{name}")
                 if rows is None:  # an expert param the adapter did not save: its base rows
                     rows = param[expert_ids]
-                for start, count, first in row_runs(slot_rows):  # plain copies: faster than index_copy_
+                for start, count, first in row_runs(slot_rows):  # free rows are handed out in order: one run
                     param.narrow(0, start, count).copy_(rows.narrow(0, first, count))
             layer.table[index].index_copy_(0, expert_ids, torch.tensor(slot_rows, device=device))
 

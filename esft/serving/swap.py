@@ -2,10 +2,11 @@
 
 ``esft.adapters.apply_adapter`` saves the replaced rows on every apply (a fresh ``index_select``). A
 server swaps the same adapters again and again, so this keeps, per adapter, a snapshot of the base
-rows it replaces (taken once, while the base weights are in place) and a copy plan of contiguous row
-runs: apply is one copy of the adapter's bytes in, restore one copy of the snapshot back, both as
-plain ``copy_`` of row slices (``index_copy_``/``index_select`` are several times slower on CPU).
-Snapshots of the least recently swapped adapters are dropped past ``max_plans``.
+rows it replaces (taken once, while the base weights are in place): apply is one copy of the adapter's
+bytes in, restore one copy of the snapshot back, one op per parameter (a plain ``copy_`` when the rows
+are contiguous, else ``index_copy_``; few ops matter on a GPU, where each is a kernel launch, and on a
+busy CPU, where each is a parallel region). Snapshots of the least recently swapped adapters are
+dropped past ``max_plans``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class _Copy:
     source: torch.Tensor  # the adapter's rows (or whole tensor)
     snapshot: torch.Tensor  # the base rows (or whole tensor) it replaces, on the parameter's device
     runs: list[Run] | None  # None: a whole (dense) tensor
+    ids: torch.Tensor | None = None  # the expert rows, on the parameter's device
 
 
 def row_runs(ids: list[int]) -> list[Run]:
@@ -66,11 +68,10 @@ class HotSwap:
             if key not in adapter.row_tensors:
                 plan.append(_Copy(param, tensor, param.detach().clone(), None))
                 continue
-            runs = row_runs(adapter.expert_config.experts[adapter.row_tensors[key]])
-            snapshot = torch.empty(tensor.shape, dtype=param.dtype, device=param.device)
-            for start, count, first in runs:
-                snapshot.narrow(0, first, count).copy_(param.narrow(0, start, count))
-            plan.append(_Copy(param, tensor, snapshot, runs))
+            ids = adapter.expert_config.experts[adapter.row_tensors[key]]
+            index = torch.tensor(ids, device=param.device)
+            snapshot = param[index].clone()
+            plan.append(_Copy(param, tensor, snapshot, row_runs(ids), index))
         return plan
 
     def _plan_for(self, name: str, adapter: ESFTAdapter) -> list[_Copy]:
@@ -108,6 +109,8 @@ class HotSwap:
 def _copy(step: _Copy, rows: torch.Tensor) -> None:
     if step.runs is None:
         step.param.copy_(rows)
-        return
-    for start, count, first in step.runs:
-        step.param.narrow(0, start, count).copy_(rows.narrow(0, first, count))
+    elif len(step.runs) == 1:
+        start, count, _ = step.runs[0]
+        step.param.narrow(0, start, count).copy_(rows)
+    else:
+        step.param.index_copy_(0, step.ids, rows.to(device=step.param.device, dtype=step.param.dtype))

@@ -61,6 +61,8 @@ def test_serve_then_quickstart(tmp_path):
             first = _quickstart(port, data_dir, env, steps=20)
             assert first.returncode == 0, first.stdout + first.stderr + log_path.read_text()[-3000:]
             assert "Accuracy: adapter" in first.stdout and "ft:esft-toy:quickstart:" in first.stdout
+            # The same server answers through the OpenAI-compatible endpoint, base model and adapter.
+            assert "POST /v1/chat/completions" in first.stdout and "model=esft-toy" in first.stdout
             again = _quickstart(port, data_dir, env, steps=2)
             assert again.returncode == 0 and "Reusing base model" in again.stdout
         finally:

@@ -16,7 +16,7 @@ def assets(tmp_path_factory) -> ServingAssets:
 
 
 @pytest.fixture(scope="module")
-def app(assets):
+def inference_app(assets):
     app = create_inference_app(
         assets.model_dir, assets.adapters, base_name="toy", config=EngineConfig(max_new_tokens=64, max_batch_size=8)
     )
@@ -25,6 +25,7 @@ def app(assets):
 
 
 @pytest.fixture(scope="module")
-def client(app):
-    with TestClient(app) as client:
+def inference(inference_app):
+    """A client of the standalone inference app (``client`` is the main service's, from ``api.testing``)."""
+    with TestClient(inference_app) as client:
         yield client

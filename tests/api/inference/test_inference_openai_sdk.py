@@ -14,8 +14,8 @@ from tests.esft.serving.serving_assets import PROMPTS
 
 
 @pytest.fixture(scope="module")
-def base_url(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def base_url(inference_app):
+    server = uvicorn.Server(uvicorn.Config(inference_app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -52,12 +52,17 @@ def test_completions_and_streaming(sdk):
 
 
 def test_chat_streaming_and_the_stream_helper(sdk):
-    ask = {"model": "words", "messages": _messages(PROMPTS[0]), "max_tokens": 40, "temperature": 0}
+    for model in ("words", "toy"):  # an answer long enough to cut with a stop string
+        ask = {"model": model, "messages": _messages(PROMPTS[2]), "max_tokens": 12, "temperature": 0}
+        text = sdk.chat.completions.create(**ask).choices[0].message.content
+        if len(text) >= 4:
+            break
+    ask["stop"] = [text[len(text) // 2 :][:2]]  # the stream helper refuses answers cut by the length limit
     whole = sdk.chat.completions.create(**ask)
-    assert whole.choices[0].finish_reason == "stop"  # the helper refuses answers cut by the length limit
+    assert whole.choices[0].finish_reason == "stop"
     chunks = list(sdk.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == whole.choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     with sdk.chat.completions.stream(**ask) as stream:
         final = stream.get_final_completion()

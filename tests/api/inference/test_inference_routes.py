@@ -11,9 +11,9 @@ from esft import workflows
 from tests.esft.serving.serving_assets import PROMPTS
 
 
-def _chat(client, model: str, prompt: str, **body):
+def _chat(inference, model: str, prompt: str, **body):
     payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, **body}
-    return client.post("/v1/chat/completions", json=payload)
+    return inference.post("/v1/chat/completions", json=payload)
 
 
 def _events(response) -> list:
@@ -25,10 +25,10 @@ def _events(response) -> list:
 @pytest.mark.parametrize(
     ("model", "prompt"), [("toy", PROMPTS[2]), ("math", PROMPTS[1]), ("words", PROMPTS[2]), ("dense", PROMPTS[0])]
 )
-def test_chat_answer_equals_esft_generate(client, assets, model, prompt):
+def test_chat_answer_equals_esft_generate(inference, assets, model, prompt):
     adapter_dir = None if model == "toy" else assets.adapters[model]
     want = workflows.generate(assets.model_dir, prompt, adapter_dir=adapter_dir, max_new_tokens=12)
-    response = _chat(client, model, prompt, max_tokens=12)
+    response = _chat(inference, model, prompt, max_tokens=12)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["object"] == "chat.completion" and body["model"] == model
@@ -37,16 +37,16 @@ def test_chat_answer_equals_esft_generate(client, assets, model, prompt):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
 
 
-def test_unknown_model_is_404_in_the_openai_shape(client):
-    error = assert_error(_chat(client, "no-such-model", "hi"), 404, "model_not_found", "model")
+def test_unknown_model_is_404_in_the_openai_shape(inference):
+    error = assert_error(_chat(inference, "no-such-model", "hi"), 404, "model_not_found", "model")
     assert error["type"] == "not_found_error"
-    assert_error(client.post("/v1/completions", json={"model": "nope", "prompt": "hi"}), 404, "model_not_found")
+    assert_error(inference.post("/v1/completions", json={"model": "nope", "prompt": "hi"}), 404, "model_not_found")
 
 
-def test_incompatible_adapter_is_rejected_with_4xx(client):
-    assert_error(_chat(client, "alien", "hi"), 400, "adapter_mismatch", "model")
-    assert_error(client.post("/v1/adapters/alien/load"), 400, "adapter_mismatch")
-    assert _chat(client, "math", PROMPTS[1], max_tokens=2).status_code == 200  # others still served
+def test_incompatible_adapter_is_rejected_with_4xx(inference):
+    assert_error(_chat(inference, "alien", "hi"), 400, "adapter_mismatch", "model")
+    assert_error(inference.post("/v1/adapters/alien/load"), 400, "adapter_mismatch")
+    assert _chat(inference, "math", PROMPTS[1], max_tokens=2).status_code == 200  # others still served
 
 
 @pytest.mark.parametrize(
@@ -60,21 +60,23 @@ def test_incompatible_adapter_is_rejected_with_4xx(client):
         {"messages": []},
     ],
 )
-def test_invalid_parameters_are_rejected(client, body):
-    response = _chat(client, "toy", "hi", **body)
+def test_invalid_parameters_are_rejected(inference, body):
+    response = _chat(inference, "toy", "hi", **body)
     assert response.status_code in (400, 422), response.text
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_context_overflow_is_400(client):
+def test_context_overflow_is_400(inference):
     assert_error(
-        client.post("/v1/completions", json={"model": "toy", "prompt": "word " * 3000}), 400, "context_length_exceeded"
+        inference.post("/v1/completions", json={"model": "toy", "prompt": "word " * 3000}),
+        400,
+        "context_length_exceeded",
     )
 
 
-def test_chat_stream_chunks_follow_the_openai_format(client):
-    plain = _chat(client, "words", PROMPTS[2], max_tokens=12).json()["choices"][0]["message"]["content"]
-    response = _chat(client, "words", PROMPTS[2], max_tokens=12, stream=True, stream_options={"include_usage": True})
+def test_chat_stream_chunks_follow_the_openai_format(inference):
+    plain = _chat(inference, "words", PROMPTS[2], max_tokens=12).json()["choices"][0]["message"]["content"]
+    response = _chat(inference, "words", PROMPTS[2], max_tokens=12, stream=True, stream_options={"include_usage": True})
     assert response.headers["content-type"].startswith("text/event-stream")
     events = _events(response)
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -86,31 +88,31 @@ def test_chat_stream_chunks_follow_the_openai_format(client):
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] > 0
 
 
-def test_completions_take_text_or_token_ids(client):
-    by_text = client.post("/v1/completions", json={"model": "math", "prompt": "add 2 and 5", "temperature": 0})
+def test_completions_take_text_or_token_ids(inference):
+    by_text = inference.post("/v1/completions", json={"model": "math", "prompt": "add 2 and 5", "temperature": 0})
     assert by_text.status_code == 200, by_text.text
     body = by_text.json()
     assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] <= 16
-    ids = client.app.state.inference_engine.encode("add 2 and 5", chat=False)
-    by_ids = client.post("/v1/completions", json={"model": "math", "prompt": ids, "temperature": 0})
+    ids = inference.app.state.inference_engine.encode("add 2 and 5", chat=False)
+    by_ids = inference.post("/v1/completions", json={"model": "math", "prompt": ids, "temperature": 0})
     assert by_ids.json()["choices"][0]["text"] == body["choices"][0]["text"]
-    stream = client.post(
+    stream = inference.post(
         "/v1/completions", json={"model": "math", "prompt": "add 2 and 5", "temperature": 0, "stream": True}
     )
     assert "".join(e["choices"][0]["text"] for e in _events(stream)) == body["choices"][0]["text"]
-    assert_error(client.post("/v1/completions", json={"model": "toy", "prompt": [10**7]}), 400, "invalid_prompt")
+    assert_error(inference.post("/v1/completions", json={"model": "toy", "prompt": [10**7]}), 400, "invalid_prompt")
 
 
-def test_adapter_load_pin_unload(client):
-    loaded = client.post("/v1/adapters/words/load").json()
+def test_adapter_load_pin_unload(inference):
+    loaded = inference.post("/v1/adapters/words/load").json()
     assert loaded["loaded"] and loaded["bytes"] > 0 and not loaded["pinned"]
-    assert client.post("/v1/adapters/words/pin").json()["pinned"]
-    assert not client.post("/v1/adapters/words/pin", json={"pinned": False}).json()["pinned"]
-    assert client.post("/v1/adapters/words/pin").json()["pinned"]
-    assert not client.post("/v1/adapters/words/unpin").json()["pinned"]
-    state = client.get("/v1/adapters").json()["data"]
+    assert inference.post("/v1/adapters/words/pin").json()["pinned"]
+    assert not inference.post("/v1/adapters/words/pin", json={"pinned": False}).json()["pinned"]
+    assert inference.post("/v1/adapters/words/pin").json()["pinned"]
+    assert not inference.post("/v1/adapters/words/unpin").json()["pinned"]
+    state = inference.get("/v1/adapters").json()["data"]
     assert "words" in {a["name"] for a in state["cache"]["adapters"]}
-    assert client.post("/v1/adapters/words/unload").json() == {
+    assert inference.post("/v1/adapters/words/unload").json() == {
         "id": "words",
         "object": "adapter",
         "loaded": False,
@@ -118,7 +120,7 @@ def test_adapter_load_pin_unload(client):
         "bytes": None,
         "load_ms": None,
     }
-    assert "words" not in {a["name"] for a in client.get("/v1/adapters").json()["data"]["cache"]["adapters"]}
-    assert_error(client.post("/v1/adapters/nope/load"), 404, "model_not_found")
-    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert "words" not in {a["name"] for a in inference.get("/v1/adapters").json()["data"]["cache"]["adapters"]}
+    assert_error(inference.post("/v1/adapters/nope/load"), 404, "model_not_found")
+    models = {m["id"]: m for m in inference.get("/v1/models").json()["data"]}
     assert models["toy"]["parent"] is None and models["math"]["parent"] == "toy"

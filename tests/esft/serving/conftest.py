@@ -20,8 +20,10 @@ def make_engine(assets):
 
     def make(**config) -> Engine:
         config.setdefault("max_new_tokens", 12)
-        engine = Engine.from_pretrained(assets.model_dir, resolver=dict_resolver(assets.adapters),
-                                        config=EngineConfig(**config), base_name="toy")
+        config.setdefault("slot_rows", 8)  # room for every test adapter at once (the default is E // 4 = 2)
+        engine = Engine.from_pretrained(
+            assets.model_dir, resolver=dict_resolver(assets.adapters), config=EngineConfig(**config), base_name="toy"
+        )
         engines.append(engine)
         return engine
 

@@ -25,7 +25,7 @@ def _request(engine, model: str, prompt: str, **params) -> GenerationRequest:
 def test_answers_equal_esft_generate(make_engine, assets, solo, batching):
     engine = make_engine(batching=batching)
     for name in MODELS:
-        prompt = next(p for p in PROMPTS if solo[name, p])  # a prompt this model answers with some text
+        prompt = next((p for p in PROMPTS if solo[name, p]), PROMPTS[0])  # one it answers with some text
         adapter_dir = None if name == "base" else assets.adapters[name]
         want = workflows.generate(assets.model_dir, prompt, adapter_dir=adapter_dir, max_new_tokens=12)
         got = engine.complete(_request(engine, name, prompt, max_tokens=12), timeout=60)
@@ -40,16 +40,18 @@ def test_mixed_batch_equals_each_request_alone(make_engine, solo, batching):
     results = batch_generate(engine, [_request(engine, m, p, max_tokens=12) for m, p in pairs], timeout=120)
     assert [r.token_ids for r in results] == [solo[pair] for pair in pairs]
     assert len({tuple(solo[m, PROMPTS[0]]) for m in MODELS}) == len(MODELS)  # adapters really differ
+    if batching == "mixed":
+        assert engine.stats()["peak_adapters_in_batch"] >= 2  # math and words really shared a batch
 
 
 def test_continuous_batching_joins_the_running_batch(make_engine, solo):
     engine = make_engine(max_new_tokens=200)
-    alone = engine.complete(_request(engine, "words", PROMPTS[2], max_tokens=200), timeout=60)
+    long_ask = ("base", PROMPTS[2])  # the (seeded) base model does not stop within 200 tokens
+    alone = engine.complete(_request(engine, *long_ask, max_tokens=200), timeout=60)
     if alone.finish_reason != "length":
         pytest.skip("the toy model stopped early; no long request to join")
     first_token = threading.Event()
-    long_handle = engine.submit(_request(engine, "words", PROMPTS[2], max_tokens=200),
-                                on_event=lambda event: first_token.set())
+    long_handle = engine.submit(_request(engine, *long_ask, max_tokens=200), on_event=lambda event: first_token.set())
     assert first_token.wait(30)
     short = engine.complete(_request(engine, "math", PROMPTS[1], max_tokens=12), timeout=60)
     assert not long_handle.done  # the short request joined and left while the long one ran
@@ -71,9 +73,9 @@ def test_restore_after_use_is_bit_exact(make_engine, assets, batching):
     assert all(torch.equal(state[k], v) for k, v in reference.items())
 
 
-@pytest.mark.parametrize("batching", ["mixed", "swap"])
-def test_concurrent_requests_never_see_other_adapters(make_engine, solo, batching):
-    engine = make_engine(batching=batching, max_batch_size=4)
+@pytest.mark.parametrize(("batching", "slot_rows"), [("mixed", 8), ("mixed", 2), ("swap", 0)])
+def test_concurrent_requests_never_see_other_adapters(make_engine, solo, batching, slot_rows):
+    engine = make_engine(batching=batching, max_batch_size=4, slot_rows=slot_rows)  # 2 rows: slots churn
     failures: list[str] = []
 
     def client(seed: int) -> None:
@@ -107,20 +109,23 @@ def test_seeded_sampling_does_not_depend_on_the_batch(make_engine):
     engine = make_engine(max_batch_size=8)
     sampled = dict(temperature=1.0, top_p=0.9, seed=7, max_tokens=12)
     alone = engine.complete(_request(engine, "math", PROMPTS[0], **sampled), timeout=60)
-    crowd = [_request(engine, m, p, max_tokens=12, temperature=0.7, seed=i) for i, (m, p) in
-             enumerate(itertools.product(MODELS, PROMPTS[1:]))]
+    crowd = [
+        _request(engine, m, p, max_tokens=12, temperature=0.7, seed=i)
+        for i, (m, p) in enumerate(itertools.product(MODELS, PROMPTS[1:]))
+    ]
     results = batch_generate(engine, [*crowd[:3], _request(engine, "math", PROMPTS[0], **sampled), *crowd[3:]])
     assert results[3].token_ids == alone.token_ids
 
 
 def test_stop_strings_streaming_cancel_and_unload(make_engine, solo):
     engine = make_engine()
-    full = engine.complete(_request(engine, "words", PROMPTS[3], max_tokens=12), timeout=60)
-    handle = engine.submit(_request(engine, "words", PROMPTS[3], max_tokens=12))
+    full = engine.complete(_request(engine, "words", PROMPTS[2], max_tokens=12), timeout=60)
+    handle = engine.submit(_request(engine, "words", PROMPTS[2], max_tokens=12))
     assert "".join(event.text for event in handle.stream(timeout=60)) == full.text
-    stop = full.text[len(full.text) // 2:][:2]
-    cut = engine.complete(_request(engine, "words", PROMPTS[3], max_tokens=12, stop=(stop,)), timeout=60)
-    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
+    base = engine.complete(_request(engine, "base", PROMPTS[2], max_tokens=12), timeout=60).text  # seeded
+    stop = base[len(base) // 2 :][:2]
+    cut = engine.complete(_request(engine, "base", PROMPTS[2], max_tokens=12, stop=(stop,)), timeout=60)
+    assert cut.finish_reason == "stop" and cut.text == base[: base.index(stop)]
     with engine.weights_lock:  # the scheduler cannot admit it before it is cancelled
         cancelled = engine.submit(_request(engine, "math", PROMPTS[0], max_tokens=12))
         cancelled.cancel()
