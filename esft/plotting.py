@@ -35,7 +35,7 @@ def plot_scores(
     for row, i in enumerate(layers):
         values = scores.layers[i].get(fn)
         grid[row, : len(values)] = values
-    fig, ax = plt.subplots(figsize=(min(2 + width * 0.22, 24), 1.5 + len(layers) * 0.35))
+    fig, ax = plt.subplots(figsize=(min(max(6.5, 2 + width * 0.22), 24), 2.2 + len(layers) * 0.35))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label=f"{fn} score (share of layer)")
     if config is not None:
@@ -43,9 +43,10 @@ def plot_scores(
             for e in config.experts.get(i, []):
                 ax.add_patch(plt.Rectangle((e - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
         n_total = sum(len(scores.layers[i].get(fn)) for i in layers)
-        ax.set_title(f"Expert {fn} scores; red: {config.n_selected}/{n_total} selected (top_p={config.top_p})")
+        ax.set_title(f"Expert {fn} scores; red: {config.n_selected}/{n_total} selected (top_p={config.top_p})",
+                     fontsize=10)
     else:
-        ax.set_title(f"Expert {fn} scores per MoE layer ({scores.n_tokens} tokens)")
+        ax.set_title(f"Expert {fn} scores per MoE layer ({scores.n_tokens} tokens)", fontsize=10)
     ax.set_xlabel("expert")
     ax.set_ylabel("decoder layer")
     ax.set_yticks(range(len(layers)), [str(i) for i in layers])
