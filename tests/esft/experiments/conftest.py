@@ -6,8 +6,18 @@ import pytest
 
 from esft.experiments.pretrain import PretrainConfig
 
-TINY = PretrainConfig(layers=2, hidden=32, experts=8, top_k=2, shared_experts=1, n_group=1, topk_group=1, steps=6,
-                      batch_size=8, warmup_steps=2)
+TINY = PretrainConfig(
+    layers=2,
+    hidden=32,
+    experts=8,
+    top_k=2,
+    shared_experts=1,
+    n_group=1,
+    topk_group=1,
+    steps=6,
+    batch_size=8,
+    warmup_steps=2,
+)
 
 
 @pytest.fixture(scope="session")

@@ -51,3 +51,24 @@ def test_unknown_method_is_rejected(tiny_model_dir):
     model, tokenizer, data, _ = _setup(tiny_model_dir)
     with pytest.raises(ConfigError, match="method"):
         train_baseline("dora", model, data, TrainingConfig(max_steps=1), pad_token_id=tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("method", ["fft", "lora"])
+def test_train_method_writes_loadable_weights_and_a_report(method, tiny_model_dir, tmp_path):
+    from esft.baselines.workflow import train_method
+    from esft.experiments.tasks import write_jsonl
+
+    data = write_jsonl(sample_rows(TASKS["add"], 8, seed=0), tmp_path / "train.jsonl")
+    out = tmp_path / method
+    report = train_method(method, tiny_model_dir, data, out, TrainingConfig(max_steps=2, batch_size=4),
+                          validation_path=data)
+    assert report["steps"] == 2 and report["val_loss"] > 0 and (out / "train_report.json").is_file()
+    if method == "fft":
+        load_model(out, device="cpu")
+    else:
+        from peft import PeftModel
+
+        base, _ = load_model(tiny_model_dir, device="cpu")
+        assert isinstance(PeftModel.from_pretrained(base, out), PeftModel)
+    with pytest.raises(ConfigError, match="already holds"):
+        train_method(method, tiny_model_dir, data, out, TrainingConfig(max_steps=1))

@@ -22,9 +22,11 @@ def test_pretrained_model_loads_and_is_cached(tiny_model_dir):
 
 
 def test_best_rate_breaks_ties_by_validation_loss_not_by_rate():
-    sweep = [{"learning_rate": 1e-4, "val_accuracy": 0.5, "val_loss": 0.9},
-             {"learning_rate": 1e-3, "val_accuracy": 0.5, "val_loss": 0.4},
-             {"learning_rate": 1e-2, "val_accuracy": 0.2, "val_loss": 0.1}]
+    sweep = [
+        {"learning_rate": 1e-4, "val_accuracy": 0.5, "val_loss": 0.9},
+        {"learning_rate": 1e-3, "val_accuracy": 0.5, "val_loss": 0.4},
+        {"learning_rate": 1e-2, "val_accuracy": 0.2, "val_loss": 0.1},
+    ]
     assert best_rate(sweep) == 1e-3
 
 
@@ -40,15 +42,18 @@ def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out_md, plots = tmp_path / "results.md", tmp_path / "results"
-    summary = bench.main(["--small", "--model-dir", str(tmp_path / "model"), "--out-md", str(out_md),
-                          "--plots", str(plots)])
+    summary = bench.main(
+        ["--small", "--model-dir", str(tmp_path / "model"), "--out-md", str(out_md), "--plots", str(plots)]
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads(json.dumps(summary))
-    assert {"add3/ESFT-Token", "add3/FFT", "add3/LoRA", "add3/Random experts"} <= set(summary["methods"])
+    methods = {f"reverse_plus/{m}" for m in ("ESFT-Token", "FFT", "LoRA", "Random experts")}
+    assert methods <= set(summary["methods"])
     text = out_md.read_text()
     for heading in ("Routing is concentrated", "claims, checked", "Which scoring to use", "learning-rate sweep"):
         assert heading in text
-    for png in ("routing_concentration.png", "routing_overlap.png", "method_comparison.png", "tradeoff.png"):
+    for png in ("routing_concentration.png", "routing_overlap.png", "method_comparison.png", "tradeoff.png",
+                "sweep_tradeoff.png"):
         assert (plots / png).stat().st_size > 0 and f"results/{png}" in text
     raw = json.loads((plots / "method_comparison.json").read_text())
     assert {r["seed"] for r in raw["runs"]} == {0, 1}
