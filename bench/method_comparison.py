@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from dataclasses import replace
@@ -24,6 +25,7 @@ if str(ROOT) not in sys.path:
 from esft.experiments.comparison import ComparisonConfig, run_comparison  # noqa: E402
 from esft.experiments.document import write_results  # noqa: E402
 from esft.experiments.report import scoring_finding  # noqa: E402
+from esft.experiments.routing import routing_summary  # noqa: E402
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +39,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", default=None, help="task names (esft.experiments.tasks.TASKS)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default 150)")
+    parser.add_argument("--report-only", action="store_true", help="re-render the page from the saved --json")
     return parser.parse_args(argv)
 
 
@@ -58,21 +61,27 @@ def _summary(results: dict, out_md: Path) -> dict:
                                             "general_em": round(r["general_mean"]["mean"], 4),
                                             "lr": r["learning_rate"]} for r in results["table"]}
     base = {b["task"]: {"task_em": b["test_accuracy"], "general_em": b["general_mean"]} for b in results["base"]}
-    return {"results_md": str(out_md), "seconds": results["seconds"], "routing": results["routing_summary"],
+    return {"results_md": str(out_md), "seconds": results["seconds"], "routing": routing_summary(results["routing"]),
             "base": base, "methods": table, "best_scoring": best_scoring}
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, json_path: Path) -> dict:
+    start = time.perf_counter()
+    results = run_comparison(_config(args), args.plots, log=lambda line: print(line, file=sys.stderr, flush=True))
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    results["cpu_seconds"] = round(sum(u.ru_utime + u.ru_stime for u in usage), 1)  # workers are reaped by now
+    results["command"] = " ".join(["python bench/method_comparison.py", *(argv if argv is not None else sys.argv[1:])])
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = _args(argv)
-    config = _config(args)
-    start = time.perf_counter()
-    results = run_comparison(config, args.plots, log=lambda line: print(line, file=sys.stderr, flush=True))
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    command = "python bench/method_comparison.py " + " ".join(argv if argv is not None else sys.argv[1:])
     json_path = args.json or args.plots / "method_comparison.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1, sort_keys=True))
-    write_results(results, args.out_md, args.plots, command.strip())
+    results = json.loads(json_path.read_text()) if args.report_only else _run(args, argv, json_path)
+    write_results(results, args.out_md, args.plots, results.get("command", "python bench/method_comparison.py"))
     summary = _summary(results, args.out_md)
     print(json.dumps(summary, sort_keys=True))
     return summary

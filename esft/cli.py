@@ -99,7 +99,8 @@ def score(
     n_sample_tokens: Annotated[int, typer.Option(help="Stop after this many scored tokens.")] = 131072,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
     seq_len: Annotated[int, typer.Option(help="Truncate longer samples from the end.")] = 4096,
-    response_only: Annotated[bool, typer.Option("--response-only", help="Score only answer tokens.")] = False,
+    response_only: Annotated[bool, typer.Option(
+        "--response-only/--all-tokens", help="Score answer tokens only (default) or every token (the paper).")] = True,
 ) -> None:
     """Score every routed expert on task data (token and gate scores per layer)."""
     from esft import workflows
@@ -134,8 +135,9 @@ def select(
 def train(
     model: ModelOpt,
     data: DataOpt,
-    expert_config: Annotated[Path, typer.Option("--expert-config", help="Expert config JSON.")],
-    out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")],
+    expert_config: Annotated[Path | None, typer.Option("--expert-config", help="Expert config JSON (esft).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")] = Path("adapter"),
+    method: Annotated[str, typer.Option(help="esft, or the baselines fft (all weights) and lora (rank 8).")] = "esft",
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")] = None,
     n_epochs: Annotated[int | None, typer.Option(help="Epochs when --max-steps is not given.")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-5,
@@ -169,6 +171,11 @@ def train(
             train_non_expert_modules=train_non_expert_modules, dtype=dtype,
         )
         _init_distributed()
+        if method != "esft":
+            _train_baseline(method, model, data, out, config, validation_file)
+            return
+        if expert_config is None:
+            raise typer.BadParameter("--expert-config is required with --method esft (make one with `esft select`)")
         with _progress_bar("training") as progress:
             result = workflows.train(model, data, expert_config, out, config, validation_path=validation_file,
                                      resume=resume, progress=progress)
@@ -176,6 +183,16 @@ def train(
     console.print(f"trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
                   f"final loss {result.final_loss:.4f}; adapter -> {result.adapter_dir}")
+
+
+def _train_baseline(method: str, model: Path, data: Path, out: Path, config, validation_file: Path | None) -> None:
+    """Full fine-tuning or LoRA on the same data and hyperparameters, for comparison with ESFT."""
+    from esft.baselines.workflow import train_method
+
+    if method not in ("fft", "lora"):
+        raise typer.BadParameter(f"--method must be esft, fft or lora, got {method!r}")
+    report = train_method(method, model, data, out, config, validation_path=validation_file)
+    console.print(f"{method}: {json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)})}")
 
 
 @app.command()

@@ -50,7 +50,9 @@ class ScoringConfig(_JSONConfig):
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     seq_len: int = field(default=4096, metadata={"help": "longer sequences are truncated from the end"})
     response_only: bool = field(
-        default=False, metadata={"help": "score only assistant/completion tokens instead of every token"}
+        default=True,
+        metadata={"help": "score only assistant/completion tokens (default: docs/results.md found it selects "
+                          "fewer experts that train to a lower loss); False scores every token as the paper"},
     )
 
     def __post_init__(self) -> None:

@@ -22,16 +22,17 @@ import numpy as np
 import torch
 
 from esft.config import SelectionConfig
-from esft.experiments.pretrain import PretrainConfig, pretrain
+from esft.experiments.cache import RunCache
+from esft.experiments.pretrain import PretrainConfig, build_model, pretrain
 from esft.experiments.routing import RoutingReport, analyse, plot_concentration, plot_overlap, task_scores
 from esft.experiments.runs import Job, Method, Sizes, run_job
 from esft.experiments.tasks import TASKS, sample_rows, task_splits
 from esft.selection import select_experts
 from esft.workflows import load_model
 
-ESFT_LRS = (3e-4, 1e-3, 3e-3)
-FFT_LRS = (1e-4, 3e-4, 1e-3)
-LORA_LRS = (1e-3, 3e-3, 1e-2)
+ESFT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+FFT_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+LORA_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 # fmt: off
 METHODS: tuple[Method, ...] = (
@@ -55,13 +56,15 @@ class ComparisonConfig:
 
     model_dir: str = ".esft/experiments/toy-moe"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    tasks: tuple[str, ...] = ("add3", "facts_new", "keyword")
+    tasks: tuple[str, ...] = ("reverse_plus", "facts_new", "keyword")
     methods: tuple[Method, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 150
     batch_size: int = 16
     sizes: Sizes = field(default_factory=Sizes)
     routing_rows: int = 400  # rows per task for the routing analysis (two halves of 200)
+    scoring_rows: int = 1024  # training rows scored to select experts (~30k tokens)
+    cache_file: str | None = "runs_cache.jsonl"  # in model_dir; finished runs are reused (None: never)
     workers: int = 2
     threads: int = 1
 
@@ -69,14 +72,14 @@ class ComparisonConfig:
     def small(cls, model_dir: str) -> ComparisonConfig:
         tiny = PretrainConfig(layers=2, hidden=32, experts=8, top_k=2, shared_experts=1, n_group=1, topk_group=1,
                               steps=20, batch_size=8, warmup_steps=2)
-        methods = tuple(replace(m, learning_rates=m.learning_rates[1:]) for m in METHODS)
-        return cls(model_dir=model_dir, pretrain=tiny, tasks=("add3",), methods=methods, seeds=(0, 1), steps=2,
+        methods = tuple(replace(m, learning_rates=m.learning_rates[1:3]) for m in METHODS)
+        return cls(model_dir=model_dir, pretrain=tiny, tasks=("reverse_plus",), methods=methods, seeds=(0, 1), steps=2,
                    batch_size=4, sizes=Sizes(16, 8, 8, 4), routing_rows=16, workers=1)
 
 
 def _selections(model, tokenizer, task: str, config: ComparisonConfig) -> dict[str, dict[int, list[int]]]:
     """Experts chosen on the task's training rows for every (score function, token set) pair in use."""
-    rows = task_splits(task, config.sizes.n_train, 1, 1).train
+    rows = task_splits(task, config.sizes.n_train, 1, 1).train[: config.scoring_rows]
     selections: dict[str, dict[int, list[int]]] = {}
     for method in config.methods:
         if method.kind != "esft" or method.selection_key in selections:
@@ -103,17 +106,27 @@ def _job(config: ComparisonConfig, method: Method, task: str, lr: float, seed: i
                config.threads)
 
 
-def _run_all(jobs: list[Job], workers: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Run jobs in order (in this process with one worker, else in a spawned process pool)."""
-    def note(result: dict[str, Any]) -> dict[str, Any]:
-        log(f"  {result['task']:<10} {result['method']:<24} lr={result['learning_rate']:.0e} seed={result['seed']} "
-            f"val={result['val_accuracy']:.3f} test={result['test_accuracy']:.3f} general={result['general_mean']:.3f}")
-        return result
+def _note(log: Callable[[str], None], result: dict[str, Any], cached: bool) -> None:
+    log(f"  {result['task']:<10} {result['method']:<24} lr={result['learning_rate']:.0e} seed={result['seed']} "
+        f"val={result['val_accuracy']:.3f} test={result['test_accuracy']:.3f} general={result['general_mean']:.3f}"
+        f"{' (cached)' if cached else ''}")
 
+
+def _run_all(jobs: list[Job], workers: int, log: Callable[[str], None], cache: RunCache) -> list[dict[str, Any]]:
+    """Run the jobs the cache lacks (in this process with one worker, else in a spawned process pool)."""
+    todo = [job for job in jobs if cache.get(job) is None]
+    for job in jobs:
+        if job not in todo:
+            _note(log, cache.get(job), cached=True)
     if workers <= 1:
-        return [note(run_job(job)) for job in jobs]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return [note(result) for result in pool.map(run_job, jobs)]
+        fresh = map(run_job, todo)
+        for job, result in zip(todo, fresh, strict=True):
+            _note(log, cache.put(job, result), cached=False)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for job, result in zip(todo, pool.map(run_job, todo), strict=True):
+                _note(log, cache.put(job, result), cached=False)
+    return [cache.get(job) for job in jobs]
 
 
 def best_rate(sweep: Iterable[dict[str, Any]]) -> float:
@@ -141,14 +154,15 @@ def aggregate(runs: list[dict[str, Any]], chosen: dict[tuple[str, str], float]) 
     return rows
 
 
-def _routing(model, tokenizer, config: ComparisonConfig, out_dir: Path) -> RoutingReport:
+def _routing(model, tokenizer, config: ComparisonConfig, out_dir: Path) -> tuple[RoutingReport, RoutingReport]:
+    """Routing of the pretrained model (plotted) and, as a control, of the same model before pretraining."""
     names = [t for t in TASKS if TASKS[t].kind == "general"] + list(config.tasks)
     rows = {name: sample_rows(TASKS[name], config.routing_rows, seed=5) for name in dict.fromkeys(names)}
     report = analyse(model, tokenizer, rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_concentration(report, out_dir / "routing_concentration.png")
     plot_overlap(report, out_dir / "routing_overlap.png")
-    return report
+    return report, analyse(build_model(config.pretrain).eval(), tokenizer, rows)
 
 
 def run_comparison(config: ComparisonConfig, plots_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -157,21 +171,24 @@ def run_comparison(config: ComparisonConfig, plots_dir: Path, log: Callable[[str
     torch.set_num_threads(config.threads)
     pretrain_report = pretrain(config.model_dir, config.pretrain, log=log)
     model, tokenizer = load_model(config.model_dir, dtype="float32", device="cpu")
-    routing = _routing(model, tokenizer, config, plots_dir)
-    log(f"routing: {routing.summary()}")
+    routing, routing_init = _routing(model, tokenizer, config, plots_dir)
+    log(f"routing: {routing.summary()}; before pretraining: {routing_init.summary()}")
     selections = {task: _selections(model, tokenizer, task, config) for task in config.tasks}
-    base = _run_all([_job(config, BASE, t, 0.0, 0, {}) for t in config.tasks], 1, log)
+    cache = RunCache(Path(config.model_dir) / config.cache_file if config.cache_file else None,
+                     pretrain_report["config_key"])
+    base = _run_all([_job(config, BASE, t, 0.0, 0, {}) for t in config.tasks], 1, log, cache)
     sweep_jobs = [_job(config, m, t, lr, config.seeds[0], selections[t])
                   for t in config.tasks for m in config.methods for lr in m.learning_rates]
-    sweep = _run_all(sweep_jobs, config.workers, log)
+    sweep = _run_all(sweep_jobs, config.workers, log, cache)
     chosen = {(t, m.name): best_rate(r for r in sweep if r["task"] == t and r["method"] == m.name)
               for t in config.tasks for m in config.methods}
     methods = {m.name: m for m in config.methods}
     seed_jobs = [_job(config, methods[m], t, lr, s, selections[t])
                  for (t, m), lr in chosen.items() for s in config.seeds[1:]]
-    runs = sweep + _run_all(seed_jobs, config.workers, log)
+    runs = sweep + _run_all(seed_jobs, config.workers, log, cache)
     return {"config": _config_dict(config), "pretrain": pretrain_report, "routing": asdict(routing),
-            "routing_summary": routing.summary(), "selections": _selection_counts(selections), "base": base,
+            "routing_init": asdict(routing_init), "routing_summary": routing.summary(),
+            "selections": _selection_counts(selections), "base": base,
             "sweep": sweep, "runs": runs, "table": aggregate(runs, chosen),
             "seconds": round(time.perf_counter() - start, 1)}
 

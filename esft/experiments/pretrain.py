@@ -202,10 +202,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)")
+    parser.add_argument("--plots", type=Path, default=None, help="also write the routing figures (Fig. 2, 3) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = pretrain(args.out_dir, PretrainConfig(steps=args.steps))
-    print(json.dumps({k: report[k] for k in ("config_key", "train_seconds", "parameters", "general_mean")}))
+    summary = {k: report[k] for k in ("config_key", "train_seconds", "parameters", "general_mean")}
+    if args.plots is not None:
+        summary["routing"] = _routing_plots(args.out_dir, args.plots)
+    print(json.dumps(summary))
+
+
+def _routing_plots(model_dir: Path, plots_dir: Path) -> dict[str, float]:
+    """Routing concentration and overlap of the pretrained model on every task, plotted to ``plots_dir``."""
+    from esft.experiments.routing import analyse, plot_concentration, plot_overlap
+    from esft.experiments.tasks import TASKS, sample_rows
+    from esft.workflows import load_model
+
+    model, tokenizer = load_model(model_dir, dtype="float32", device="cpu")
+    report = analyse(model, tokenizer, {name: sample_rows(task, 400, seed=5) for name, task in TASKS.items()})
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plot_concentration(report, plots_dir / "routing_concentration.png")
+    plot_overlap(report, plots_dir / "routing_overlap.png")
+    return report.summary()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -23,7 +24,7 @@ from torch import nn  # noqa: E402
 
 from esft.config import ScoringConfig  # noqa: E402
 from esft.experiments.evaluate import tokenize_rows  # noqa: E402
-from esft.experiments.tasks import Row  # noqa: E402
+from esft.experiments.tasks import TASKS, Row  # noqa: E402
 from esft.scoring.scores import ExpertScores, score_experts  # noqa: E402
 
 
@@ -72,16 +73,27 @@ class RoutingReport:
     overlap: list[list[float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        """Means: concentration (gate, token), same-task and cross-task overlap."""
-        n = len(self.tasks)
-        off = [self.overlap[i][j] for i in range(n) for j in range(n) if i != j]
-        return {
-            "uniform": self.uniform,
-            "concentration_gate": float(np.mean([c["gate"] for c in self.concentration.values()])),
-            "concentration_token": float(np.mean([c["token"] for c in self.concentration.values()])),
-            "same_task_overlap": float(np.mean([self.overlap[i][i] for i in range(n)])),
-            "cross_task_overlap": float(np.mean(off)) if off else float("nan"),
-        }
+        """See ``routing_summary``."""
+        return routing_summary(asdict(self))
+
+
+def routing_summary(report: dict[str, Any]) -> dict[str, float]:
+    """Means of a ``RoutingReport`` (as a dict): concentration, same-task overlap and cross-task overlap.
+
+    Cross-task overlap is taken over pairs of *general* (pretraining) tasks only: a fine-tuning task such as
+    ``reverse_plus`` is the same skill as ``reverse``, and its high overlap with it is expected, not cross-task.
+    """
+    tasks, matrix = report["tasks"], report["overlap"]
+    general = [i for i, t in enumerate(tasks) if TASKS[t].kind == "general"]
+    off = [matrix[i][j] for i in general for j in general if i != j]
+    conc = report["concentration"].values()
+    return {
+        "uniform": report["uniform"],
+        "concentration_gate": float(np.mean([c["gate"] for c in conc])),
+        "concentration_token": float(np.mean([c["token"] for c in conc])),
+        "same_task_overlap": float(np.mean([matrix[i][i] for i in range(len(tasks))])),
+        "cross_task_overlap": float(np.mean(off)) if off else float("nan"),
+    }
 
 
 def analyse(model: nn.Module, tokenizer, rows: dict[str, list[Row]], fraction: float = 0.2) -> RoutingReport:

@@ -4,8 +4,8 @@ Every task writes a user prompt in one of several phrasings and a short, unique 
 reply is scored by exact match. Three kinds, after the paper's two fine-tuning settings:
 
 * ``general``: the pretraining mixture; held-out samples of it measure general ability.
-* ``enhancement``: a skill the base model half-knows because a little of it was in pretraining
-  (3-digit addition; pretraining is mostly 2-digit).
+* ``enhancement``: a skill the base model half-knows: more practice of a pretraining task it gets partly
+  right (reversal, sorting), or 3-digit addition (a little of it in pretraining, which is mostly 2-digit).
 * ``adaptation``: new to the base model, but expressible through machinery it has: a new fact table
   behind known phrasings, a new output format for a known procedure, a new keyword for a known procedure.
 
@@ -42,6 +42,7 @@ class Task:
     phrasings: tuple[str, ...]
     make: Callable[[random.Random], tuple[dict[str, str], str]]
     pretrain_weight: float = 0.0  # share in the pretraining mixture, relative to a general task's 1.0
+    skill: str | None = None  # the general task that measures this same skill: left out of its general score
 
     def sample(self, rng: random.Random) -> tuple[str, str]:
         """One ``(prompt, answer)`` pair in a random phrasing."""
@@ -112,6 +113,7 @@ def _equation(rng: random.Random) -> tuple[dict[str, str], str]:
 _ADD = ("add {a} and {b}", "what is {a} plus {b}?", "{a} + {b} =")
 _CAPITAL = ("capital of {c}?", "what is the capital of {c}", "{c} capital:")
 _REVERSE = ("reverse {w}", "write {w} backwards", "{w} reversed:")
+_SORT = ("sort {w}", "put the letters of {w} in order", "{w} sorted:")
 
 # fmt: off
 _ALL: tuple[Task, ...] = (
@@ -119,18 +121,21 @@ _ALL: tuple[Task, ...] = (
     Task("reverse", "general", "reverse a 3-6 letter string", _REVERSE, _on_word(lambda w: w[::-1]), 1.0),
     Task("upper", "general", "uppercase a string",
          ("uppercase {w}", "{w} in capitals", "shout {w}"), _on_word(str.upper), 1.0),
-    Task("sort", "general", "sort the letters of a string",
-         ("sort {w}", "put the letters of {w} in order", "{w} sorted:"), _on_word(lambda w: "".join(sorted(w))), 1.0),
+    Task("sort", "general", "sort the letters of a string", _SORT, _on_word(lambda w: "".join(sorted(w))), 1.0),
     Task("count", "general", "count the letters of a 1-12 letter string",
          ("how many letters in {w}?", "length of {w}", "count {w}"), _on_word(lambda w: str(len(w)), 1, 12), 1.0),
     Task("capital", "general", "capital of an invented country (32 facts)", _CAPITAL, _fact(KNOWN_FACTS), 1.0),
-    Task("add3", "enhancement", "3-digit addition (a little of it in pretraining)", _ADD, _add(3), 0.15),
+    Task("add3", "enhancement", "3-digit addition (a little of it in pretraining)", _ADD, _add(3), 0.15, "add"),
+    Task("reverse_plus", "enhancement", "more practice of the pretraining task `reverse`", _REVERSE,
+         _on_word(lambda w: w[::-1]), skill="reverse"),
+    Task("sort_plus", "enhancement", "more practice of the pretraining task `sort`", _SORT,
+         _on_word(lambda w: "".join(sorted(w))), skill="sort"),
     Task("facts_new", "adaptation", "a new table of 32 invented capitals behind the known phrasings",
          _CAPITAL, _fact(NEW_FACTS)),
     Task("equation", "adaptation", "known 2-digit addition, new output format 'a+b=sum'",
          ("write {a} plus {b} as an equation", "equation for {a} and {b}"), _equation),
-    Task("keyword", "adaptation", "known reversal behind a new keyword",
-         ("umdrehen {w}", "{w} umgedreht:"), _on_word(lambda w: w[::-1])),
+    Task("keyword", "adaptation", "known uppercasing behind a new keyword",
+         ("grossschreiben {w}", "{w} in gross:"), _on_word(str.upper)),
 )
 # fmt: on
 TASKS: dict[str, Task] = {task.name: task for task in _ALL}

@@ -160,3 +160,17 @@ def test_failed_training_leaves_no_adapter(tmp_path, model_dirs, chat_data):
     )
     assert result.exit_code == 2 and "layer 0 has experts 0..7" in result.output
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("method", ["fft", "lora"])
+def test_baseline_methods_train_through_the_same_command(method, tmp_path, model_dirs, chat_data):
+    result = _run("train", "--model", model_dirs("qwen3_moe"), "--data", chat_data, "--method", method,
+                  "--out", tmp_path / method, "--max-steps", "2", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / method / "train_report.json").read_text())
+    assert report["trainable_parameters"] > 0
+
+
+def test_esft_method_needs_an_expert_config(tmp_path, model_dirs, chat_data):
+    result = _run("train", "--model", model_dirs("qwen3_moe"), "--data", chat_data, "--out", tmp_path / "a")
+    assert result.exit_code != 0 and "--expert-config" in result.output

@@ -57,3 +57,20 @@ def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
         assert (plots / png).stat().st_size > 0 and f"results/{png}" in text
     raw = json.loads((plots / "method_comparison.json").read_text())
     assert {r["seed"] for r in raw["runs"]} == {0, 1}
+
+
+def test_run_cache_persists_and_keys_on_what_determines_a_result(tmp_path):
+    from dataclasses import replace
+
+    from esft.experiments.cache import RunCache
+    from esft.experiments.comparison import METHODS
+    from esft.experiments.runs import Job, Sizes
+
+    job = Job("/a/model", METHODS[0], "keyword", 1e-3, 0, 10, 4, Sizes(8, 4, 4, 2), {0: [1, 2]})
+    cache = RunCache(tmp_path / "cache.jsonl", model_key="m1")
+    cache.put(job, {"test_accuracy": 0.5})
+    reloaded = RunCache(tmp_path / "cache.jsonl", model_key="m1")
+    same = replace(job, model_dir="/elsewhere", threads=2, method=replace(job.method, learning_rates=(9.0,)))
+    assert reloaded.get(same) == {"test_accuracy": 0.5}
+    assert reloaded.get(replace(job, learning_rate=3e-3)) is None and reloaded.get(replace(job, seed=1)) is None
+    assert RunCache(tmp_path / "cache.jsonl", model_key="m2").get(job) is None
