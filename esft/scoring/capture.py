@@ -47,9 +47,10 @@ class RoutingAccumulator:
             expert_ids: ``[B*T, K]`` chosen expert ids, batch-major rows (ids >= E mean "none").
             gate_weights: ``[B*T, K]`` gate values of those choices.
         """
-        mask = self._mask
-        if mask is None:
+        if self._mask is None:
             raise RuntimeError("RoutingAccumulator.begin_batch must be called before each forward pass")
+        device = expert_ids.device  # sum on the model's device; only the [E] totals come back to the host
+        mask = self._mask.to(device)
         batch, seq = mask.shape
         if expert_ids.shape[0] != batch * seq:
             raise RuntimeError(
@@ -66,12 +67,9 @@ class RoutingAccumulator:
         # Each counted token adds 1/K to every expert it chose, scaled by 1/L_j of its sequence.
         per_choice = valid.double() / lengths.view(batch, 1, 1)  # [B, T, K]
         flat_ids = ids.clamp(0, num_experts - 1).reshape(-1)
-        self.token_sums[layer.layer_index] += torch.zeros(num_experts, dtype=torch.float64).index_add_(
-            0, flat_ids, (per_choice / top_k).reshape(-1)
-        )
-        self.gate_sums[layer.layer_index] += torch.zeros(num_experts, dtype=torch.float64).index_add_(
-            0, flat_ids, (per_choice * weights).reshape(-1)
-        )
+        zeros = torch.zeros(num_experts, dtype=torch.float64, device=device)
+        self.token_sums[layer.layer_index] += zeros.index_add(0, flat_ids, (per_choice / top_k).reshape(-1)).cpu()
+        self.gate_sums[layer.layer_index] += zeros.index_add(0, flat_ids, (per_choice * weights).reshape(-1)).cpu()
 
 
 def _routing_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:

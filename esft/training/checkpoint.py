@@ -72,9 +72,9 @@ def _flatten(masters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Opti
         for p in group["params"]:
             name = name_of[id(p)]
             param_index.append(name)
-            tensors[f"param.{name}"] = p.detach().contiguous()
+            tensors[f"param.{name}"] = p.detach().cpu().contiguous()
             for key, value in optimizer.state.get(p, {}).items():
-                value = value.detach().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+                value = value.detach().cpu().contiguous() if torch.is_tensor(value) else torch.tensor(value)
                 tensors[f"optim.{name}.{key}"] = value
     return tensors, param_index
 

@@ -32,10 +32,11 @@ class SplitExperts(nn.Module):
     def __init__(self, base: nn.Module, selected: list[int], expert_params: tuple[str, ...], master_dtype):
         super().__init__()
         num_experts = int(base.num_experts)
-        ids = torch.tensor(sorted(selected), dtype=torch.long)
+        device = next(base.parameters()).device  # the model is usually on its device before it is split
+        ids = torch.tensor(sorted(selected), dtype=torch.long, device=device)
         # global expert id (or the sentinel E) -> row of the twin, or the twin's sentinel len(selected)
-        local_of = torch.full((num_experts + 1,), len(ids), dtype=torch.long)
-        local_of[ids] = torch.arange(len(ids))
+        local_of = torch.full((num_experts + 1,), len(ids), dtype=torch.long, device=device)
+        local_of[ids] = torch.arange(len(ids), device=device)
         self.register_buffer("selected", ids, persistent=False)
         self.register_buffer("local_of", local_of, persistent=False)
         self.base = base
