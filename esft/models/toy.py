@@ -18,6 +18,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from esft.errors import ConfigError, UnsupportedModelError
 from esft.models.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, build_tokenizer, special_token_ids
+from esft.models.toy_init import confident_head, spread_zero_routers
 
 # Every model type (a `config.model_type`) whose experts class is decorated with `use_experts_implementation`
 # and that `AutoModelForCausalLM` builds. Multimodal families are listed by their text model type.
@@ -341,36 +342,9 @@ def toy_model(family: str = "deepseek_v2", *, seed: int = 0, **kwargs: Any) -> P
     config = toy_config(family, **kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _spread_zero_routers(model, std=getattr(config, "initializer_range", 0.02))
-    _confident_head(model)
+    spread_zero_routers(model, std=getattr(config, "initializer_range", 0.02))
+    confident_head(model)
     return model.eval()
-
-
-def _confident_head(model: PreTrainedModel) -> None:
-    """Give the untied LM head unit-scale logits (std ``hidden**-0.5`` instead of 0.02).
-
-    With the default init a tiny random model's logits span a few hundredths, so its output is nearly
-    uniform whatever its experts do: training only experts could then fix the argmax but never the loss.
-    Real checkpoints have confident heads; this makes toy runs behave like them.
-    """
-    head = model.get_output_embeddings()
-    if head is None or head.weight is model.get_input_embeddings().weight:
-        return
-    with torch.no_grad():
-        head.weight.normal_(0.0, head.weight.shape[1] ** -0.5)
-
-
-def _spread_zero_routers(model: torch.nn.Module, std: float) -> None:
-    """Re-draw all-zero router weights ``[num_experts, hidden]`` (e.g. afmoe zero-initialises its router)."""
-    experts = [m for m in model.modules() if hasattr(m, "num_experts") and hasattr(m, "is_transposed")]
-    expert_counts = {m.num_experts for m in experts}
-    expert_params = {id(p) for m in experts for p in m.parameters()}
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            is_router = ("gate" in name or "router" in name) and name.endswith("weight") and param.ndim == 2
-            is_router = is_router and param.shape[0] in expert_counts and id(param) not in expert_params
-            if is_router and not param.any():
-                param.normal_(0.0, std)
 
 
 def build_toy_model(
