@@ -12,22 +12,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from esft.config import TrainingConfig
-from esft.constants import IGNORE_INDEX
 from esft.data.batching import batch_indices, collate
 from esft.data.tokenize import TokenizedExample
+from esft.training.loss import answer_loss
 from esft.training.optim import build_optimizer, lr_at, state_bytes
-
-
-def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the label tokens of ``batch`` (prompts/padding ignored)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
-    targets = batch["labels"][:, 1:]  # [B, T-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def _batches(lengths: list[int], config: TrainingConfig) -> Iterator[list[int]]:

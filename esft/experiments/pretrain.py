@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from esft.baselines.loop import answer_loss
 from esft.data.batching import collate
 from esft.experiments.chartok import build_char_tokenizer
 from esft.experiments.evaluate import exact_match, stop_token_id, tokenize_rows
@@ -30,6 +29,7 @@ from esft.experiments.tasks import general_eval_rows, pretraining_mixture
 from esft.io import write_json_atomic
 from esft.models.discovery import find_moe_layers
 from esft.models.toy import toy_model
+from esft.training.loss import answer_loss
 
 REPORT_NAME = "pretrain_report.json"
 

@@ -124,6 +124,14 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) 
     if vocab_size < minimum:
         raise ValueError(f"`vocab_size` must be >= {minimum} (256 bytes + special tokens), got {vocab_size}")
     backend = _train_bpe(default_corpus() if corpus is None else corpus, vocab_size)
+    return wrap_backend(backend, model_max_length=MODEL_MAX_LENGTH)
+
+
+def wrap_backend(backend: Tokenizer, *, model_max_length: int, **special: str) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer over ``backend`` with our special tokens and prefix-stable chat template.
+
+    ``special`` adds more special tokens by role (e.g. ``unk_token="<unk>"``).
+    """
     roles = [token for token in SPECIAL_TOKENS if token not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -131,8 +139,9 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) 
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         extra_special_tokens=roles,
-        model_max_length=MODEL_MAX_LENGTH,
+        model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
+        **special,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from esft.config import ScoringConfig
-from esft.constants import SCORES_SCHEMA
+from esft.constants import IGNORE_INDEX, SCORES_SCHEMA
 from esft.data.batching import collate
 from esft.data.tokenize import TokenizedExample
 from esft.errors import ConfigError, DataFormatError
@@ -97,7 +97,7 @@ def _take_budget(examples: Sequence[TokenizedExample], config: ScoringConfig) ->
     """Examples in file order until ``n_sample_tokens`` counted tokens (the crossing one included)."""
     taken, counted = [], 0
     for ex in examples:
-        ex_count = sum(1 for y in ex.labels if y != -100) if config.response_only else len(ex.input_ids)
+        ex_count = sum(1 for y in ex.labels if y != IGNORE_INDEX) if config.response_only else len(ex.input_ids)
         if ex_count == 0:
             continue
         taken.append(ex)
@@ -143,7 +143,7 @@ def score_experts(
     with capture_routing(model, acc):
         for step, idx in enumerate(batches, 1):
             batch = collate([sample[i] for i in idx], pad_token_id)
-            count = batch["labels"] != -100 if config.response_only else batch["attention_mask"].bool()
+            count = batch["labels"] != IGNORE_INDEX if config.response_only else batch["attention_mask"].bool()
             acc.begin_batch(count)
             model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                   use_cache=False)

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from esft.config import TrainingConfig
-from esft.constants import IGNORE_INDEX, METRICS_NAME
+from esft.constants import METRICS_NAME
 from esft.data.batching import batch_indices, collate
 from esft.data.tokenize import TokenizedExample
 from esft.errors import CheckpointError, ConfigError, TrainingCancelled
@@ -27,6 +26,7 @@ from esft.expert_config import ExpertConfig
 from esft.parallel.data_parallel import all_reduce_grads, all_reduce_sum, barrier, broadcast_flag, is_main, shard, world
 from esft.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from esft.training.freeze import ESFTModel, prepare_model
+from esft.training.loss import answer_loss, n_loss_tokens
 from esft.training.optim import MasterWeights, build_optimizer, count_parameters, lr_at, state_bytes
 from esft.training.progress import ProgressCallback, ProgressEvent, StopCallback
 
@@ -62,19 +62,6 @@ def _micro_batches(lengths: list[int], config: TrainingConfig, state: TrainerSta
         epoch, start = epoch + 1, 0
 
 
-def _loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over label tokens (prompts and padding are IGNORE_INDEX)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
-    targets = batch["labels"][:, 1:]  # [B, T-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def _n_loss_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float | None:
     """Mean per-token validation loss over ``data`` (None when there is no data)."""
@@ -85,8 +72,8 @@ def evaluate(model: nn.Module, data: Sequence[TokenizedExample], batch_size: int
     device = next(model.parameters()).device
     for i in range(0, len(data), batch_size):
         batch = {k: v.to(device) for k, v in collate(list(data[i : i + batch_size]), pad_id).items()}
-        total += float(_loss_sum(model, batch))
-        count += _n_loss_tokens(batch)
+        total += float(answer_loss(model, batch, reduction="sum"))
+        count += n_loss_tokens(batch)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -150,11 +137,11 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
     over micro-batches and ranks gives exactly the gradient of one big batch.
     """
     batches = [collate([train_data[i] for i in idx], pad_id) for idx in window]
-    n_targets = max(1, sum(_n_loss_tokens(b) for b in batches))
+    n_targets = max(1, sum(n_loss_tokens(b) for b in batches))
     loss_total, tokens = 0.0, 0
     for batch in shard(batches):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        loss = _loss_sum(run.prepared.model, batch) / n_targets
+        loss = answer_loss(run.prepared.model, batch, reduction="sum") / n_targets
         loss.backward()
         loss_total += float(loss.detach())
         tokens += int(batch["attention_mask"].sum())
