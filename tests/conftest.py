@@ -19,7 +19,7 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-# The families every acceptance check runs on; the full matrix (esft.models.toy.TOY_FAMILIES) runs the
+# The families every acceptance check runs on; the full matrix (tests/esft/families.py: every supported family) runs the
 # split-training invariants in tests/esft/test_family_matrix.py.
 CORE_FAMILIES = ("deepseek_v2", "deepseek_v3", "qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "gpt_oss")
 

@@ -1,11 +1,12 @@
 """Full fine-tuning and LoRA as methods: prepare the model, train it, and report what it cost.
 
-LoRA goes through ``peft``: rank 8 on every ``nn.Linear`` except the LM head, i.e. the attention
-projections and the shared experts. transformers stores the routed experts as fused 3-D parameters
-(``gate_up_proj[E, 2I, H]``), not ``nn.Linear`` modules, so they and the router stay frozen. The module
-names are listed explicitly, and peft's v4-compatibility rewrite is switched off: in peft 0.21 both
-``"all-linear"`` and names ending in ``down_proj`` are turned into LoRA on the fused experts and the
-router (``target_parameters``), which is a different method.
+LoRA goes through ``peft``'s public configuration only: rank 8 on the attention projections, named
+explicitly in ``target_modules``. transformers stores the routed experts as fused 3-D parameters
+(``gate_up_proj[E, 2I, H]``), not ``nn.Linear`` modules; peft reaches them only through
+``target_parameters`` (one LoRA per expert, on every expert of the parameter), which ``prepare_lora`` takes
+as an explicit option. Dense and shared-expert MLPs are not targeted by name: peft 0.21 rewrites targets
+named ``gate_proj``/``up_proj``/``down_proj`` in MoE models onto the fused experts, so asking for them would
+silently train a different method (``prepare_lora`` checks that peft kept the targets it was given).
 
 >>> from esft.config import TrainingConfig
 >>> report = train_baseline("fft", model, data, TrainingConfig(max_steps=2), pad_token_id=2)  # doctest: +SKIP
@@ -18,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-from unittest import mock
 
 from torch import nn
 
@@ -54,27 +54,46 @@ def prepare_fft(model: nn.Module) -> nn.Module:
     return model.requires_grad_(True)
 
 
-def prepare_lora(model: nn.Module, rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> nn.Module:
-    """Wrap ``model`` with peft LoRA adapters on all linear layers except the output head."""
+def prepare_lora(
+    model: nn.Module,
+    rank: int = LORA_RANK,
+    alpha: int = LORA_ALPHA,
+    *,
+    target_modules: list[str] | None = None,
+    target_parameters: list[str] | None = None,
+) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters on ``target_modules`` (default: the attention projections).
+
+    ``target_parameters`` names fused expert parameters (e.g. ``["mlp.experts.down_proj"]``) for LoRA on
+    every routed expert; peft requires ``lora_dropout=0`` there, which is what this uses anyway.
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:  # optional dependency of the comparison only
-        raise ConfigError("the LoRA baseline needs `peft`: pip install peft", param="method") from exc
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=linear_modules(model),
-                        bias="none")
-    # peft rewrites targets ending in gate_proj/up_proj/down_proj into LoRA on the fused routed experts (a
-    # back-compat path for adapters trained on transformers v4 MoE layouts). That would move the shared
-    # experts' LoRA onto the routed experts; the adapter here is new, so skip that rewrite.
-    from peft.utils import transformers_weight_conversion
+        raise ConfigError("the LoRA method needs `peft`: pip install peft", param="method") from exc
+    modules = list(target_modules) if target_modules is not None else attention_modules(model)
+    if not modules and not target_parameters:
+        raise ConfigError("LoRA found no attention projections to target; pass `target_modules`", param="method")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=modules,
+                        target_parameters=list(target_parameters or []) or None)
+    wrapped = get_peft_model(model, config)
+    kept = wrapped.peft_config["default"]
+    if set(kept.target_parameters or []) != set(target_parameters or []):
+        raise ConfigError(
+            f"peft moved LoRA targets {sorted(set(modules) - set(kept.target_modules or []))} onto fused experts "
+            f"({sorted(kept.target_parameters or [])}); target attention modules or name `target_parameters`",
+            param="method",
+        )
+    return wrapped
 
-    with mock.patch.object(transformers_weight_conversion, "_convert_peft_config_moe", lambda *_: None):
-        return get_peft_model(model, config)
 
-
-def linear_modules(model: nn.Module) -> list[str]:
-    """Names of every ``nn.Linear`` except the output head (``get_output_embeddings``)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module is not head]
+def attention_modules(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` modules inside attention (a path component containing ``attn``/``attention``)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any("attn" in part or "attention" in part for part in name.split("."))
+    ]
 
 
 def _adapter_bytes(method: str, model: nn.Module) -> int:

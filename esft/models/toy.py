@@ -1,5 +1,7 @@
 """Tiny offline Mixture-of-Experts causal LMs for every transformers family ESFT can train (tests, CLI).
 
+The families are listed in ``esft.models.families``; families transformers adds later are built the same way.
+
 Each family's config class names the same ideas differently (``num_experts``, ``num_local_experts``,
 ``n_routed_experts``, ``moe_num_experts`` ...). ``toy_config`` sets every synonym the config class knows, then
 applies the few per-family quirks in ``_FAMILY_EXTRAS``, then the caller's overrides.
@@ -17,57 +19,9 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from esft.errors import ConfigError, UnsupportedModelError
+from esft.models.families import NO_TOY_MODEL, SUPPORTED_FAMILIES, UNSUPPORTED_FAMILIES, new_upstream_families
 from esft.models.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, build_tokenizer, special_token_ids
 from esft.models.toy_init import confident_head, spread_zero_routers
-
-# Every model type (a `config.model_type`) whose experts class is decorated with `use_experts_implementation`
-# and that `AutoModelForCausalLM` builds. Multimodal families are listed by their text model type.
-TOY_FAMILIES: tuple[str, ...] = (
-    "afmoe", "aria_text", "axk1", "axk2", "bailing_hybrid", "beam", "cohere2_moe",
-    "deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "dots1", "dots3_note_text",
-    "ernie4_5_moe", "exaone_moe", "flex_olmo", "flint", "gemma4_text", "glm4_moe", "glm4_moe_lite",
-    "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared",
-    "hunyuan_v1_moe", "hy_v3", "hy_v4", "inkling2_text", "inkling_text", "jamba", "kimi_linear",
-    "kolibri1", "laguna", "lfm2_moe", "mellum", "mimo_v2_flash", "minimax", "minimax_m2",
-    "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text",
-    "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open", "zaya",
-)  # fmt: skip
-
-_USE_TEXT = "multimodal wrapper config; the text-only causal LM `{}` is in TOY_FAMILIES"
-_NO_CAUSAL_LM = "decorated experts, but no AutoModelForCausalLM mapping ({})"
-_NOT_DECORATED = "experts not decorated with `use_experts_implementation`: {}"
-
-# MoE families (directory or model type) that toy_config does not build, and why.
-TOY_SKIPPED: dict[str, str] = {
-    "aria": _USE_TEXT.format("aria_text"),
-    "dots3_note": _USE_TEXT.format("dots3_note_text"),
-    "gemma4": _USE_TEXT.format("gemma4_text"),
-    "inkling": _USE_TEXT.format("inkling_text"),
-    "inkling2": _USE_TEXT.format("inkling2_text"),
-    "minimax_m3_vl": _USE_TEXT.format("minimax_m3_vl_text"),
-    "qwen3_5_moe": _USE_TEXT.format("qwen3_5_moe_text"),
-    "qwen4_exp": _USE_TEXT.format("qwen4_exp_text"),
-    "deepseek_ocr2": _NO_CAUSAL_LM.format("OCR image-text-to-text model"),
-    "diffusion_gemma": _NO_CAUSAL_LM.format("block-diffusion language model, not autoregressive"),
-    "ernie4_5_vl_moe": _NO_CAUSAL_LM.format("vision-language model only"),
-    "glm4v_moe": _NO_CAUSAL_LM.format("vision-language model only"),
-    "glm5_next": _NO_CAUSAL_LM.format("vision-language model only"),
-    "mistral4": _NO_CAUSAL_LM.format("Mistral4ForCausalLM exists but is registered for pretraining only"),
-    "mistral_large4": _NO_CAUSAL_LM.format("vision-language model only"),
-    "muse_spark": _NO_CAUSAL_LM.format("vision-language model only"),
-    "openai_privacy_filter": _NO_CAUSAL_LM.format("token-classification model only"),
-    "qwen3_omni_moe": _NO_CAUSAL_LM.format("omni (audio/vision) model only"),
-    "qwen3_vl_moe": _NO_CAUSAL_LM.format("vision-language model only"),
-    "unlimited_ocr": _NO_CAUSAL_LM.format("OCR image-text-to-text model"),
-    "dbrx": _NOT_DECORATED.format("fused per-expert weights in its own layout; router returns logits only"),
-    "doge": _NOT_DECORATED.format("experts are embedding rows (CDMoE); ESFT does not apply"),
-    "jetmoe": _NOT_DECORATED.format("mixture of attention heads plus ParallelExperts with its own gating"),
-    "llama4": _NOT_DECORATED.format("dense compute over all experts with a sigmoid router (llama4_text)"),
-    "longcat_flash": _NOT_DECORATED.format("zero/identity experts mixed with real experts"),
-    "step3p7": _NOT_DECORATED.format("vision-language model only, no AutoModelForCausalLM mapping"),
-    "nllb_moe": _NOT_DECORATED.format("encoder-decoder translation model, not a causal LM"),
-    "switch_transformers": _NOT_DECORATED.format("encoder-decoder T5 model, not a causal LM"),
-}
 
 _HEADS = 4
 
@@ -252,7 +206,7 @@ def toy_config(
     Shared experts are added where the family has them; token ids match ``build_tokenizer()``.
 
     Args:
-        family: a model type from ``TOY_FAMILIES``.
+        family: a model type from ``SUPPORTED_FAMILIES`` (or one transformers added since).
         layers: number of MoE decoder layers (for ``nemotron_h``, each also gets a mixer block before it).
         experts: routed experts per MoE layer.
         top_k: experts chosen per token (``zaya`` always routes top-1).
@@ -269,7 +223,7 @@ def toy_config(
         An unsaved ``PretrainedConfig`` of the family's config class.
 
     Raises:
-        UnsupportedModelError: if ``family`` is not in ``TOY_FAMILIES``.
+        UnsupportedModelError: if ``family`` has no toy model.
         ConfigError: if a size is invalid or the family cannot have dense layers.
 
     Example:
@@ -277,9 +231,10 @@ def toy_config(
         >>> config.num_experts, config.num_experts_per_tok
         (4, 1)
     """
-    if family not in TOY_FAMILIES:
-        reason = f" ({TOY_SKIPPED[family]})" if family in TOY_SKIPPED else ""
-        message = f"`family`: no toy model for {family!r}{reason}; choose one of: {', '.join(TOY_FAMILIES)}"
+    if family not in SUPPORTED_FAMILIES and family not in new_upstream_families():
+        known = UNSUPPORTED_FAMILIES.get(family) or NO_TOY_MODEL.get(family)
+        reason = f" ({known})" if known else ""
+        message = f"`family`: no toy model for {family!r}{reason}; choose one of: {', '.join(SUPPORTED_FAMILIES)}"
         raise UnsupportedModelError(message, param="family")
     dense = overrides.pop("first_k_dense_replace", 0)
     _check_sizes(layers=layers, experts=experts, top_k=top_k, hidden=hidden, dense=dense)
@@ -324,7 +279,7 @@ def toy_model(family: str = "deepseek_v2", *, seed: int = 0, **kwargs: Any) -> P
     ``N(0, initializer_range)``, so every expert receives tokens on random text.
 
     Args:
-        family: a model type from ``TOY_FAMILIES``.
+        family: a model type from ``SUPPORTED_FAMILIES`` (or one transformers added since).
         seed: seed for the weight initialisation; the same arguments always give the same weights.
         **kwargs: passed to ``toy_config`` (``layers``, ``experts``, ``top_k``, ``hidden`` and overrides).
 
@@ -332,7 +287,7 @@ def toy_model(family: str = "deepseek_v2", *, seed: int = 0, **kwargs: Any) -> P
         The ``AutoModelForCausalLM`` model.
 
     Raises:
-        UnsupportedModelError: if ``family`` is not in ``TOY_FAMILIES``.
+        UnsupportedModelError: if ``family`` has no toy model.
 
     Example:
         >>> model = toy_model("mixtral", experts=4)
@@ -365,7 +320,7 @@ def build_toy_model(
 
     Args:
         out_dir: directory to write (created if missing).
-        family: a model type from ``TOY_FAMILIES``.
+        family: a model type from ``SUPPORTED_FAMILIES`` (or one transformers added since).
         layers, experts, top_k, hidden, **overrides: as for ``toy_config``.
         seed: seed for the weight initialisation.
 
@@ -373,7 +328,7 @@ def build_toy_model(
         ``out_dir`` as a ``Path``.
 
     Raises:
-        UnsupportedModelError: if ``family`` is not in ``TOY_FAMILIES``.
+        UnsupportedModelError: if ``family`` has no toy model.
 
     Example:
         >>> path = build_toy_model(tmp_path / "toy", family="mixtral")  # doctest: +SKIP

@@ -11,9 +11,10 @@ from transformers import AutoModelForCausalLM
 from esft.config import TrainingConfig
 from esft.expert_config import ExpertConfig
 from esft.models.discovery import find_moe_layers
-from esft.models.toy import TOY_FAMILIES, toy_config
+from esft.models.toy import toy_config
 from esft.training.freeze import prepare_model
 from esft.training.optim import MasterWeights, build_optimizer
+from tests.esft.families import MATRIX, family_guard
 
 
 def _model(family: str):
@@ -36,8 +37,13 @@ def _loss(model, ids, mask):
     )
 
 
-@pytest.mark.parametrize("family", TOY_FAMILIES)
+@pytest.mark.parametrize("family", MATRIX)
 def test_split_matches_full_model_and_gradient(family):
+    with family_guard(family):
+        _check_split_matches_full_model_and_gradient(family)
+
+
+def _check_split_matches_full_model_and_gradient(family):
     model = _model(family)
     layers = find_moe_layers(model)
     assert layers and all(layer.num_experts == 8 for layer in layers)
@@ -61,8 +67,13 @@ def test_split_matches_full_model_and_gradient(family):
     assert frozen_with_grad == []
 
 
-@pytest.mark.parametrize("family", TOY_FAMILIES)
+@pytest.mark.parametrize("family", MATRIX)
 def test_adamw_with_weight_decay_changes_only_selected_experts(family):
+    with family_guard(family):
+        _check_adamw_with_weight_decay_changes_only_selected_experts(family)
+
+
+def _check_adamw_with_weight_decay_changes_only_selected_experts(family):
     model = _model(family)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     layers = find_moe_layers(model)

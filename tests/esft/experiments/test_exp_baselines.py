@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esft.baselines.methods import linear_modules, train_baseline
+from esft.baselines.methods import attention_modules, train_baseline
 from esft.config import TrainingConfig
 from esft.errors import ConfigError
 from esft.experiments.evaluate import tokenize_rows
@@ -30,16 +30,16 @@ def test_fft_trains_every_parameter(tiny_model_dir):
     assert any("experts.gate_up_proj" in n for n in changed) and any("self_attn" in n for n in changed)
 
 
-def test_lora_wraps_linear_layers_only_and_keeps_base_weights(tiny_model_dir):
+def test_lora_wraps_attention_only_and_keeps_base_weights(tiny_model_dir):
     model, tokenizer, data, before = _setup(tiny_model_dir)
-    targets = linear_modules(model)
-    assert targets and not any(name.endswith("lm_head") for name in targets)
+    targets = attention_modules(model)
+    assert targets and all(".self_attn." in name for name in targets)
     config = TrainingConfig(max_steps=2, batch_size=4, learning_rate=1e-2)
     trained, report = train_baseline("lora", model, data, config, pad_token_id=tokenizer.pad_token_id)
     trainable = [n for n, p in trained.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert any("shared_experts" in n for n in trainable)  # peft's MoE rewrite must not move them
-    assert not any(".experts." in n for n in trainable)  # fused routed experts are not nn.Linear
+    assert all(".self_attn." in n for n in trainable)  # no MLP, shared or routed expert is rewritten in
+    assert trained.peft_config["default"].target_parameters in (None, set(), [])
     assert report.adapter_bytes == 4 * report.trainable_parameters < 4 * report.total_parameters
     for name, param in trained.named_parameters():
         base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
