@@ -8,6 +8,7 @@ Every response that is not a success carries ``{"error": {"message", "type", "pa
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,19 +80,31 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, message, codes.get(exc.status_code, "http_error"), None, exc.headers)
 
 
+# Union members and constraint wrappers pydantic adds to an error's location: not part of the field's path.
+_LOC_TAGS = re.compile(
+    r"^(int|float|str|bool|none|function-.*|constrained-.*|lax-.*|(enum|literal|json-or-python)\[.*\])$"
+)
+
+
 def _loc_to_param(loc: tuple | list) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    parts = []
+    for part in loc:
+        if part in ("body", "query", "path", "header", "cookie"):
+            continue
+        if isinstance(part, str) and _LOC_TAGS.match(part):
+            break
+        parts.append(str(part))
     return ".".join(parts) or None
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """A malformed request is a 400 naming the first offending field (OpenAI answers 400, not 422)."""
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _loc_to_param(first.get("loc", ()))
     message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
     code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_request"
-    status = 400 if code == "invalid_json" else 422
-    return error_response(status, message, code, param)
+    return error_response(400, message, code, param)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -43,6 +43,15 @@ def _binary_file_fields(schema: dict[str, Any]) -> None:
                 prop["format"] = "binary"
 
 
+def _no_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 on every route with parameters; this service answers those errors with 400."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+
+
 def _custom_openapi(app: FastAPI):
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -54,6 +63,7 @@ def _custom_openapi(app: FastAPI):
                 tags=TAGS,
             )
             _binary_file_fields(schema)
+            _no_422(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

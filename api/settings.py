@@ -43,6 +43,17 @@ class Settings(BaseSettings):
         description="directories base models may be registered from over HTTP; default data_dir/models",
     )
 
+    # Deployment limits on job options (the library's static bounds come first; these cap what one job may ask
+    # for on this deployment). A spec above a limit is a 400 naming the option; nothing is stored.
+    max_epochs: int = Field(default=100, ge=1, description="largest n_epochs a job may ask for")
+    max_steps: int = Field(default=100_000, ge=1, description="most optimizer steps a job may ask for or plan")
+    max_batch_size: int = Field(default=256, ge=1, description="largest batch_size a job may ask for")
+    max_grad_accum_steps: int = Field(default=256, ge=1, description="largest grad_accum_steps a job may ask for")
+    max_seq_len: int = Field(default=32_768, ge=1, description="longest seq_len a job may ask for")
+    max_sample_tokens: int = Field(default=1 << 22, ge=1, description="most tokens a job may score experts on")
+    max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="longest JSONL line accepted")
+    max_json_depth: int = Field(default=32, ge=1, description="deepest JSON nesting accepted in a JSONL line")
+
     lease_ttl_s: float = Field(default=60.0, description="a running step whose heartbeat is older is re-enqueued")
     heartbeat_interval_s: float = Field(default=2.0, description="how often a running step renews its lease")
     reaper_interval_s: float = Field(default=15.0, description="how often the worker looks for stale jobs")
@@ -54,6 +65,17 @@ class Settings(BaseSettings):
     eval_max_new_tokens: int = Field(default=32, description="longest answer generated during evaluation")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N for this worker")
     parent_pid: int | None = Field(default=None, description="embedded worker: shut down when this process dies")
+
+    def option_limits(self) -> dict[str, int]:
+        """Option name -> the largest value this deployment accepts for it."""
+        return {
+            "n_epochs": self.max_epochs,
+            "max_steps": self.max_steps,
+            "batch_size": self.max_batch_size,
+            "grad_accum_steps": self.max_grad_accum_steps,
+            "seq_len": self.max_seq_len,
+            "n_sample_tokens": self.max_sample_tokens,
+        }
 
     @property
     def database_url(self) -> str:

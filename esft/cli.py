@@ -17,6 +17,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from esft.cli_options import config_options
+from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.errors import ESFTError
 
 app = typer.Typer(
@@ -92,92 +94,61 @@ def toy_model(
 
 
 @app.command()
+@config_options(scoring=ScoringConfig)
 def score(
     model: ModelOpt,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Scores JSON to write.")],
-    n_sample_tokens: Annotated[int, typer.Option(help="Stop after this many scored tokens.")] = 131072,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
-    seq_len: Annotated[int, typer.Option(help="Truncate longer samples from the end.")] = 4096,
-    response_only: Annotated[bool, typer.Option(
-        "--response-only/--all-tokens", help="Score answer tokens only (default) or every token (the paper).")] = True,
+    scoring: ScoringConfig,
 ) -> None:
     """Score every routed expert on task data (token and gate scores per layer)."""
     from esft import workflows
-    from esft.config import ScoringConfig
 
     with _errors(), _progress_bar("scoring") as progress:
-        config = ScoringConfig(n_sample_tokens=n_sample_tokens, batch_size=batch_size, seq_len=seq_len,
-                               response_only=response_only)
-        scores = workflows.score(model, data, out, config, progress=progress)
+        scores = workflows.score(model, data, out, scoring, progress=progress)
     console.print(f"scored {scores.n_tokens} tokens in {scores.n_sequences} sequences -> {out}")
 
 
 @app.command()
+@config_options(selection=SelectionConfig)
 def select(
     scores: Annotated[Path, typer.Option("--scores", help="Scores JSON from `esft score`.")],
     out: Annotated[Path, typer.Option("--out", help="Expert config JSON to write.")],
-    score_function: Annotated[str, typer.Option(help="token or gate.")] = "token",
-    top_p: Annotated[float | None, typer.Option(help="Cumulative score per layer (0.2 token, 0.1 gate).")] = None,
-    max_experts_per_layer: Annotated[int | None, typer.Option(help="Optional cap per layer.")] = None,
+    selection: SelectionConfig,
 ) -> None:
     """Select experts per layer until their cumulative score reaches top_p."""
     from esft import workflows
-    from esft.config import SelectionConfig
 
     with _errors():
-        config = workflows.select(scores, SelectionConfig(score_function, top_p, max_experts_per_layer), out)
+        config = workflows.select(scores, selection, out)
     total = sum(len(v) for v in (config.scores or {}).values())
     console.print(f"selected {config.n_selected}/{total} experts across {len(config.experts)} layers -> {out}")
 
 
 @app.command()
+@config_options(training=TrainingConfig)
 def train(
     model: ModelOpt,
     data: DataOpt,
+    training: TrainingConfig,
     expert_config: Annotated[Path | None, typer.Option("--expert-config", help="Expert config JSON (esft).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")] = Path("adapter"),
     method: Annotated[str, typer.Option(help="esft, or the baselines fft (all weights) and lora (rank 8).")] = "esft",
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")] = None,
-    n_epochs: Annotated[int | None, typer.Option(help="Epochs when --max-steps is not given.")] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-5,
-    batch_size: Annotated[int, typer.Option(help="Sequences per micro-batch.")] = 4,
-    grad_accum_steps: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    seq_len: Annotated[int, typer.Option(help="Maximum tokens per sample.")] = 2048,
-    overflow: Annotated[str, typer.Option(help="Over-long samples: truncate (the end) or reject.")] = "truncate",
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps for linear warmup.")] = 0.0,
-    lr_scheduler: Annotated[str, typer.Option(help="cosine, linear or constant.")] = "cosine",
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
     validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
-    validation_split: Annotated[float, typer.Option(help="Held-out fraction without a validation file.")] = 0.0,
-    eval_every: Annotated[int | None, typer.Option(help="Validation loss every N steps.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for data order and initial RNG.")] = 0,
-    train_shared_experts: Annotated[bool, typer.Option(help="Also train shared experts.")] = False,
-    train_non_expert_modules: Annotated[bool, typer.Option(help="Also train attention, norms, embeddings...")] = False,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
 ) -> None:
     """Train only the selected experts and write an adapter."""
     from esft import workflows
-    from esft.config import TrainingConfig
 
     with _errors():
-        config = TrainingConfig(
-            max_steps=max_steps, n_epochs=n_epochs, batch_size=batch_size, grad_accum_steps=grad_accum_steps,
-            learning_rate=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio,
-            seq_len=seq_len, overflow=overflow, eval_every=eval_every, validation_split=validation_split,
-            save_every=save_every, seed=seed, train_shared_experts=train_shared_experts,
-            train_non_expert_modules=train_non_expert_modules, dtype=dtype,
-        )
         _init_distributed()
         if method != "esft":
-            _train_baseline(method, model, data, out, config, validation_file)
+            _train_baseline(method, model, data, out, training, validation_file)
             return
         if expert_config is None:
             raise typer.BadParameter("--expert-config is required with --method esft (make one with `esft select`)")
         with _progress_bar("training") as progress:
-            result = workflows.train(model, data, expert_config, out, config, validation_path=validation_file,
+            result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
                                      resume=resume, progress=progress)
     params = result.report["parameters"]
     console.print(f"trained {params['trainable']:,} of {params['total']:,} parameters "

@@ -1,25 +1,34 @@
-"""Typed, validated configuration for scoring, selection and training, with JSON round trips.
+"""Scoring, selection and training options: declared once, validated at construction, JSON round trips.
 
-Every config checks all of its fields in ``__post_init__`` and raises one ``ConfigError`` listing
-every problem, so a user fixes a bad spec in one pass instead of one error at a time.
+Every field is an ``esft.options.option`` declaration (help, static bounds, where it is exposed); the CLI
+flags, the service's job schema and the worker's resolution are derived from them. Each config checks all
+of its fields in ``__post_init__`` and raises one ``ConfigError`` listing every problem, so a user fixes a bad
+spec in one pass. ``resolve_auto`` turns the service's ``"auto"`` values into concrete ones from the data.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from esft.constants import DEFAULT_N_SAMPLE_TOKENS, DEFAULT_TOP_P
 from esft.errors import ConfigError
+from esft.options import Option, check_declared, declared_options, option
 
 ScoreFunction = Literal["token", "gate"]
 Overflow = Literal["truncate", "reject"]
 Scheduler = Literal["cosine", "constant", "linear"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+DEFAULT_LEARNING_RATE = 1e-5  # the ESFT paper's learning rate
+_CLI_WORKER = ("cli", "worker")
 
 
 class _JSONConfig:
-    """Mixin: ``to_dict`` / ``from_dict`` that reject unknown keys by name."""
+    """Mixin: ``to_dict`` / ``from_dict`` that reject unknown keys by name, and declared-option checks."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -29,116 +38,185 @@ class _JSONConfig:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}")
+            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}",
+                              param=unknown[0])
         return cls(**data)
 
-
-def _positive(problems: list[str], name: str, value: float | int | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        problems.append(f"{name} must be a positive number, got {value!r}")
+    def _check(self, extra: list[tuple[str, str]] = ()) -> None:
+        """Raise one ``ConfigError`` for the declared-bound problems plus ``extra`` ``(field, problem)`` pairs."""
+        problems, first = check_declared(self)
+        problems += [problem for _, problem in extra]
+        if problems:
+            raise ConfigError(problems, param=first or extra[0][0])
 
 
 @dataclass
 class ScoringConfig(_JSONConfig):
     """How to sample task tokens and score experts (paper section 3.2)."""
 
-    n_sample_tokens: int = field(
-        default=DEFAULT_N_SAMPLE_TOKENS, metadata={"help": "stop after this many scored tokens (paper: 2^17)"}
+    n_sample_tokens: int = option(
+        DEFAULT_N_SAMPLE_TOKENS, "stop after this many scored tokens (paper: 2^17)", ge=1, section="method",
+        auto=f"{DEFAULT_N_SAMPLE_TOKENS} (the paper's 2^17)",
     )
-    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
-    seq_len: int = field(default=4096, metadata={"help": "longer sequences are truncated from the end"})
-    response_only: bool = field(
-        default=True,
-        metadata={"help": "score only assistant/completion tokens (default: docs/results.md found it selects "
-                          "fewer experts that train to a lower loss); False scores every token as the paper"},
+    batch_size: int = option(8, "sequences per scoring forward pass", ge=1, expose=_CLI_WORKER)
+    seq_len: int = option(4096, "longer sequences are truncated from the end", ge=1, expose=_CLI_WORKER)
+    response_only: bool = option(
+        True, "score only assistant/completion tokens (docs/results.md: fewer experts, lower loss); "
+        "false scores every token as the paper does", section="method", flag="--response-only/--all-tokens",
     )
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        for name in ("n_sample_tokens", "batch_size", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if problems:
-            raise ConfigError(problems)
+        self._check()
 
 
 @dataclass
 class SelectionConfig(_JSONConfig):
     """Per-layer top-p selection of experts (paper section 3.3)."""
 
-    score_function: ScoreFunction = "token"
-    top_p: float | None = field(default=None, metadata={"help": "cumulative score per layer (0.2 token, 0.1 gate)"})
-    max_experts_per_layer: int | None = field(default=None, metadata={"help": "optional cap per layer"})
+    score_function: ScoreFunction = option("token", "token or gate score (paper section 3.2)", section="method")
+    top_p: float | None = option(
+        None, "cumulative score per layer to reach (default 0.2 token, 0.1 gate)", gt=0, le=1, section="method",
+        auto="0.2 for token, 0.1 for gate (the paper's)",
+    )
+    max_experts_per_layer: int | None = option(None, "optional cap on experts per layer", ge=1, section="method")
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        if self.score_function not in DEFAULT_TOP_P:
-            problems.append(f"score_function must be 'token' or 'gate', got {self.score_function!r}")
         if self.top_p is None and self.score_function in DEFAULT_TOP_P:
             self.top_p = DEFAULT_TOP_P[self.score_function]
-        if self.top_p is not None and (
-            isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1
-        ):
-            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.max_experts_per_layer is not None and (
-            isinstance(self.max_experts_per_layer, bool)
-            or not isinstance(self.max_experts_per_layer, int)
-            or self.max_experts_per_layer < 1
-        ):
-            problems.append(f"max_experts_per_layer must be a positive integer, got {self.max_experts_per_layer!r}")
-        if problems:
-            raise ConfigError(problems, param="top_p" if any("top_p" in p for p in problems) else None)
+        self._check()
 
 
 @dataclass
 class TrainingConfig(_JSONConfig):
     """Hyperparameters and run options of ``esft.train``."""
 
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; default from n_epochs"})
-    n_epochs: int | None = field(default=None, metadata={"help": "used when max_steps is None (default 1)"})
-    batch_size: int = 4
-    grad_accum_steps: int = 1
-    learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    lr_scheduler: Scheduler = "cosine"
-    warmup_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
-    seq_len: int = 2048
-    overflow: Overflow = field(default="truncate", metadata={"help": "over-long samples: truncate the end or reject"})
-    eval_every: int | None = field(default=None, metadata={"help": "validation loss every N steps (and at the end)"})
-    validation_split: float = field(default=0.0, metadata={"help": "held-out fraction when no validation file"})
-    save_every: int | None = field(default=None, metadata={"help": "checkpoint every N steps (and at the end)"})
-    seed: int = 0
-    train_shared_experts: bool = False
-    train_non_expert_modules: bool = False
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_steps: int | None = option(None, "optimizer steps; overrides n_epochs when set", ge=1)
+    n_epochs: int | None = option(
+        None, "passes over the data when max_steps is not set (default 1)", ge=1,
+        auto="aim for 3 epochs: more for tiny datasets (~100 example passes), fewer for huge ones; 1..25",
+    )
+    batch_size: int = option(4, "sequences per micro-batch", ge=1, auto="min(8, number of examples)")
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step", ge=1)
+    learning_rate: float = option(
+        DEFAULT_LEARNING_RATE, "peak learning rate", gt=0, le=1, flag="--lr", auto="1e-5 (the ESFT paper's value)"
+    )
+    weight_decay: float = option(0.0, "AdamW weight decay", ge=0)
+    lr_scheduler: Scheduler = option("cosine", "learning-rate schedule after warmup")
+    warmup_ratio: float = option(0.0, "fraction of steps with linear warmup", ge=0, lt=1)
+    max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (none: no clipping)", gt=0)
+    seq_len: int = option(2048, "maximum tokens per sample", ge=1, auto="the longest example plus slack, "
+                          "rounded up to 64, capped by the model's context and 4096")
+    overflow: Overflow = option("truncate", "over-long samples: truncate the end or reject them")
+    eval_every: int | None = option(None, "validation loss every N steps (and at the end)", ge=1)
+    validation_split: float = option(0.0, "held-out fraction of the training data when there is no "
+                                     "validation file", ge=0, lt=1)
+    save_every: int | None = option(None, "checkpoint every N steps (and at the end)", ge=1,
+                                    auto="about 10 checkpoints per run")
+    seed: int = option(0, "seed for data order and initial RNG", ge=0, lt=2**32, section="job")
+    train_shared_experts: bool = option(False, "also train the shared experts (a paper variant)",
+                                        section="method")
+    train_non_expert_modules: bool = option(False, "also train attention, norms, embeddings... (a paper variant)",
+                                            section="method")
+    dtype: DType = option("auto", "weights dtype to load the model in", expose=("cli",))
+    deterministic: bool = option(
+        False, "torch's deterministic algorithms on one CPU thread: runs and resumes bit-identical, slower"
+    )
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        _positive(problems, "max_steps", self.max_steps, allow_none=True)
-        _positive(problems, "n_epochs", self.n_epochs, allow_none=True)
-        for name in ("batch_size", "grad_accum_steps", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        _positive(problems, "learning_rate", self.learning_rate)
-        _positive(problems, "max_grad_norm", self.max_grad_norm, allow_none=True)
-        _positive(problems, "eval_every", self.eval_every, allow_none=True)
-        _positive(problems, "save_every", self.save_every, allow_none=True)
-        if not isinstance(self.weight_decay, int | float) or self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.warmup_ratio, int | float) or not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if not isinstance(self.validation_split, int | float) or not 0 <= self.validation_split < 1:
-            problems.append(f"validation_split must be in [0, 1), got {self.validation_split!r}")
-        if self.lr_scheduler not in ("cosine", "constant", "linear"):
-            problems.append(f"lr_scheduler must be cosine, constant or linear, got {self.lr_scheduler!r}")
-        if self.overflow not in ("truncate", "reject"):
-            problems.append(f"overflow must be 'truncate' or 'reject', got {self.overflow!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            problems.append(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if problems:
-            raise ConfigError(problems)
+        self._check()
+
+    def total_steps(self, n_train_examples: int) -> int:
+        """Optimizer steps of the run: ``max_steps``, or ``n_epochs`` (default 1) over the training examples.
+
+        ``n_train_examples`` counts what trains, after any validation split. An epoch is at least one step,
+        also with fewer examples than ``batch_size``.
+
+        >>> TrainingConfig(batch_size=8, n_epochs=3).total_steps(5)
+        3
+        """
+        if self.max_steps is not None:
+            return self.max_steps
+        micro_batches = max(1, math.ceil(n_train_examples / self.batch_size))
+        return math.ceil(micro_batches / self.grad_accum_steps) * (self.n_epochs or 1)
+
+
+CONFIG_CLASSES: tuple[type, ...] = (ScoringConfig, SelectionConfig, TrainingConfig)
+
+
+def all_options() -> dict[type, list[Option]]:
+    """Every declared option of every config class."""
+    return {cls: declared_options(cls) for cls in CONFIG_CLASSES}
+
+
+# --- "auto": the service's values chosen from the dataset -------------------------------------------------
+
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_AUTO_EPOCHS = 3, 100, 25_000, 25
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What ``auto`` values are chosen from: the validated training file and the base model."""
+
+    n_examples: int
+    max_tokens: int | None = None  # longest example in tokens, when a tokenizer could count them
+    max_context: int | None = None  # the model's context length
+
+
+def auto_epochs(n_examples: int) -> int:
+    """Aim for 3 epochs; more for tiny sets (at least ~100 example passes), fewer for huge ones; 1..25."""
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_AUTO_EPOCHS, MIN_TARGET_EXAMPLES // max(n_examples, 1))
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def auto_seq_len(facts: DataFacts) -> int:
+    """The longest example plus slack for the chat template, rounded up to 64, capped by the context."""
+    cap = min(facts.max_context or 4096, 4096)
+    if not facts.max_tokens:
+        return min(2048, cap)
+    wanted = int(math.ceil((facts.max_tokens * 1.25 + 16) / 64) * 64)
+    return max(64, min(wanted, cap))
+
+
+# One rule per option that declares ``auto``: (facts, values resolved so far) -> value.
+AUTO_RULES: dict[str, Callable[[DataFacts, dict[str, Any]], Any]] = {
+    "n_sample_tokens": lambda facts, _: DEFAULT_N_SAMPLE_TOKENS,
+    "top_p": lambda facts, values: DEFAULT_TOP_P[values.get("score_function", "token")],
+    "n_epochs": lambda facts, _: auto_epochs(facts.n_examples),
+    "batch_size": lambda facts, _: max(1, min(8, facts.n_examples)),
+    "learning_rate": lambda facts, _: DEFAULT_LEARNING_RATE,
+    "seq_len": lambda facts, _: auto_seq_len(facts),
+    "save_every": lambda facts, values: max(1, math.ceil(values["total_steps"] / 10)),
+}
+
+
+def resolve_auto(values: dict[str, Any], facts: DataFacts) -> dict[str, Any]:
+    """Concrete option values: every ``"auto"`` (or missing auto-able option) chosen by its rule.
+
+    Also adds ``total_steps`` (``TrainingConfig.total_steps`` over the examples left after the validation
+    split), which ``save_every``'s rule and progress reporting use.
+
+    >>> resolve_auto({"n_epochs": "auto", "batch_size": 4}, DataFacts(n_examples=40))["total_steps"]
+    30
+    """
+    out = dict(values)
+    pending = [o.name for opts in all_options().values() for o in opts if o.auto and out.get(o.name, AUTO) == AUTO]
+    for name in [n for n in pending if n != "save_every"]:
+        out[name] = AUTO_RULES[name](facts, out)
+    training = {o.name: out[o.name] for o in declared_options(TrainingConfig) if out.get(o.name) not in (None, AUTO)}
+    config = TrainingConfig(**training)
+    out["total_steps"] = config.total_steps(n_train_examples(facts.n_examples, config.validation_split))
+    if "save_every" in pending:
+        out["save_every"] = AUTO_RULES["save_every"](facts, out)
+    return out
+
+
+def n_train_examples(n_examples: int, validation_split: float) -> int:
+    """Examples that train after holding out ``validation_split`` of them (at least one each side)."""
+    if validation_split <= 0 or n_examples < 2:
+        return n_examples
+    n_val = min(n_examples - 1, max(1, round(n_examples * validation_split)))
+    return n_examples - n_val

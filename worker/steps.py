@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from api.db.models import Job
+from api.services import job_options
 from api.settings import Settings
 from api.storage import LocalStorage
-from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
+from esft.config import DataFacts, ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, CHECKPOINTS_DIR
-from esft.data.formats import validate_jsonl
-from worker import hyperparams
+from esft.data.formats import LineLimits, validate_jsonl
 from worker.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, VALIDATION_REPORT, write_json
 from worker.evaluation import evaluate
 from worker.library import Library
@@ -91,6 +91,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
             max_context=context if count else None,
             max_errors=ctx.settings.max_report_errors,
             min_examples=minimum,
+            limits=LineLimits(ctx.settings.max_line_bytes, ctx.settings.max_json_depth),
         ).to_dict()
         _check_report(report, param)
         if report["n_over_context"]:
@@ -101,7 +102,9 @@ def validate(ctx: StepContext) -> dict[str, Any]:
             )
         reports[param] = report
     train = reports["training_file"]
-    resolved = hyperparams.resolve(ctx.job.hyperparameters, train["n_examples"], train["token_stats"], context)
+    stats = train["token_stats"] or {}
+    facts = DataFacts(train["n_examples"], max_tokens=stats.get("max"), max_context=context)
+    resolved = job_options.resolve(job_options.spec_values(ctx.job.method, ctx.job.seed), facts, ctx.settings)
     write_json(out, {"reports": reports, "hyperparameters": resolved})
     ctx.log(f"Files validated: {train['n_examples']} training examples; {resolved['total_steps']} steps planned.")
     return {"hyperparameters": resolved}
@@ -110,7 +113,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 def score(ctx: StepContext) -> dict[str, Any]:
     out = ctx.work / SCORES
     if not out.exists():
-        config = ScoringConfig(**hyperparams.scoring_kwargs(ctx.job.hyperparameters, ctx.job.method))
+        config = job_options.config_for(ScoringConfig, ctx.job.hyperparameters)
         ctx.lib.score(ctx.model_dir, ctx.training_path, out, config, progress=ctx.reporter)
         ctx.log("Expert scores computed.")
     return {}
@@ -119,7 +122,7 @@ def score(ctx: StepContext) -> dict[str, Any]:
 def select(ctx: StepContext) -> dict[str, Any]:
     out = ctx.work / EXPERT_CONFIG
     if not out.exists():
-        ctx.lib.select(ctx.work / SCORES, SelectionConfig(**hyperparams.selection_kwargs(ctx.job.method)), out)
+        ctx.lib.select(ctx.work / SCORES, job_options.config_for(SelectionConfig, ctx.job.hyperparameters), out)
         experts = json.loads(out.read_text()).get("experts", {})
         chosen = {layer: ids for layer, ids in experts.items()}
         total = sum(len(ids) for ids in chosen.values())
@@ -137,7 +140,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
     report_path = train_dir / "train_report.json"
     if (train_dir / ADAPTER_CONFIG_NAME).exists() and report_path.exists():
         return {"trained_tokens": json.loads(report_path.read_text()).get("trained_tokens")}
-    config = TrainingConfig(**hyperparams.training_kwargs(ctx.job.hyperparameters, ctx.job.method, ctx.job.seed))
+    config = job_options.config_for(TrainingConfig, ctx.job.hyperparameters)
     resume = has_checkpoint(train_dir)
     if resume:
         ctx.log("Resuming training from the latest checkpoint.")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import PrincipalDep, QueueDep, SessionDep, StorageDep
+from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.schemas.common import COMMON_ERRORS, binary_response, error_responses
 from api.schemas.jobs import (
     ArtifactList,
@@ -25,8 +25,10 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 @router.post("", name="create_job", response_model=JobObject)
-def create_job(principal: PrincipalDep, session: SessionDep, queue: QueueDep, body: JobCreate) -> JobObject:
-    job = jobs.create(session, queue, principal.project_id, body)
+def create_job(
+    principal: PrincipalDep, session: SessionDep, queue: QueueDep, settings: SettingsDep, body: JobCreate
+) -> JobObject:
+    job = jobs.create(session, queue, settings, principal.project_id, body)
     return jobs.to_public(session, job)
 
 

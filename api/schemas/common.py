@@ -35,7 +35,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
     return {status: {"model": ErrorResponse, "description": "Error"} for status in statuses}
 
 
-COMMON_ERRORS = error_responses(400, 401, 404, 422)
+COMMON_ERRORS = error_responses(400, 401, 404)
 BINARY = {"type": "string", "format": "binary"}
 
 

@@ -2,56 +2,33 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from api.schemas.common import StrictRequest
+from api.schemas.options import AutoValue, api_options, field_of, model_of
+
+__all__ = ["AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method"]
 
 
-class AutoValue(StrEnum):
-    """``"auto"``: let the service choose. An enum, not a literal, so generated clients parse ``int | "auto"``."""
-
-    auto = "auto"
-
-
-Auto = Annotated[AutoValue, Field(strict=False)]
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 JobPhase = Literal["validating", "scoring", "selecting", "training", "evaluating", "registering"]
 
-
-class Hyperparameters(StrictRequest):
-    """Training hyperparameters; ``"auto"`` values are resolved from the dataset when the job is validated."""
-
-    n_epochs: int | Auto = Field(default=AutoValue.auto, description="auto: aim for 3 epochs, clamped to 1..25")
-    max_steps: int | None = Field(default=None, gt=0, description="overrides n_epochs when set")
-    batch_size: int | Auto = Field(default=AutoValue.auto, description="auto: min(8, number of examples)")
-    learning_rate: float | Auto = Field(default=AutoValue.auto, description="auto: 1e-5 (the ESFT paper's value)")
-    seq_len: int | Auto = Field(default=AutoValue.auto, description="auto: longest example, capped by the context")
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    lr_scheduler: Literal["cosine", "constant", "linear"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_accum_steps: int = Field(default=1, gt=0)
-    eval_every: int | None = Field(default=None, gt=0)
-    save_every: int | None = Field(default=None, gt=0, description="checkpoint every N steps (default: ~10 per run)")
-
-
-class ESFTParams(StrictRequest):
-    """ESFT method settings (paper sections 3.2-3.3)."""
-
-    score_function: Literal["token", "gate"] = "token"
-    top_p: float | Auto = Field(default=AutoValue.auto, description="auto: 0.2 for token, 0.1 for gate")
-    n_sample_tokens: int | Auto = Field(default=AutoValue.auto, description="tokens scored to pick experts")
-    max_experts_per_layer: int | None = Field(default=None, gt=0)
-    train_shared_experts: bool = False
-    train_non_expert_modules: bool = False
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+# Fields derived from the library's option declarations (esft.config); descriptions, bounds, "auto" from there.
+Hyperparameters = model_of(
+    "Hyperparameters", "hyperparameters", "Training hyperparameters; auto values are resolved from the dataset."
+)
+ESFTParams = model_of(
+    "ESFTParams", "method", "ESFT method settings (paper sections 3.2-3.3) and training hyperparameters.",
+    hyperparameters=(Hyperparameters, Field(default_factory=Hyperparameters)),
+)
+_SEED_TYPE, _SEED_FIELD = field_of(next(o for o in api_options("job") if o.name == "seed"), default=None)
 
 
 class Method(StrictRequest):
     type: Literal["esft"] = "esft"
-    esft: ESFTParams = Field(default_factory=ESFTParams)
+    esft: ESFTParams = Field(default_factory=ESFTParams)  # type: ignore[valid-type]
 
 
 class JobCreate(StrictRequest):
@@ -59,7 +36,7 @@ class JobCreate(StrictRequest):
     training_file: str
     validation_file: str | None = None
     method: Method = Field(default_factory=Method)
-    seed: int | None = Field(default=None, ge=0, lt=2**31)
+    seed: _SEED_TYPE | None = _SEED_FIELD  # type: ignore[valid-type]
     suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
 

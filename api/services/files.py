@@ -21,7 +21,7 @@ from api.schemas.files import FileObject, ValidationReport
 from api.services.common import new_id, page_newest_first, unix
 from api.settings import Settings
 from api.storage import LocalStorage, TooLarge
-from esft.data.formats import validate_jsonl
+from esft.data.formats import LineLimits, validate_jsonl
 
 PURPOSES = ("fine-tune",)
 FATAL_CODES = ("invalid_utf8", "invalid_json", "empty_file")
@@ -64,7 +64,8 @@ def _fatal_error(report_dict: dict) -> ServiceError | None:
 
 
 def _validate(path: Path, settings: Settings) -> dict:
-    return validate_jsonl(path, max_errors=settings.max_report_errors, min_examples=1).to_dict()
+    limits = LineLimits(settings.max_line_bytes, settings.max_json_depth)
+    return validate_jsonl(path, max_errors=settings.max_report_errors, min_examples=1, limits=limits).to_dict()
 
 
 async def upload(

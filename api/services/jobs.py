@@ -11,26 +11,12 @@ from sqlalchemy.orm import Session
 from api.db.models import BaseModel, Job
 from api.errors import ServiceError, not_found
 from api.queue import Queue
-from api.schemas.jobs import AutoValue, JobCreate, JobError, JobObject, JobProgress, Method
-from api.services import files, runs
+from api.schemas.jobs import JobCreate, JobError, JobObject, JobProgress
+from api.services import files, job_options, runs
 from api.services.common import new_id, page_newest_first, unix
-from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
-from esft.errors import ConfigError
+from api.settings import Settings
 
 WAITING = ("validating_files", "queued")
-_TRAINING_KEYS = (
-    "n_epochs",
-    "max_steps",
-    "batch_size",
-    "learning_rate",
-    "seq_len",
-    "warmup_ratio",
-    "lr_scheduler",
-    "weight_decay",
-    "grad_accum_steps",
-    "eval_every",
-    "save_every",
-)
 
 
 def adapter_name(job: Job) -> str:
@@ -38,36 +24,8 @@ def adapter_name(job: Job) -> str:
     return f"ft:{job.model}:{job.suffix or 'esft'}:{job.id}"
 
 
-def check_method(method: Method) -> None:
-    """Build the library configs from the non-``auto`` values so every bad value is reported at once (400)."""
-    esft = method.esft
-    hp = esft.hyperparameters.model_dump(mode="json")
-    training = {key: hp[key] for key in _TRAINING_KEYS if hp.get(key) not in (None, "auto")}
-    try:
-        TrainingConfig(**training)
-        SelectionConfig(
-            score_function=esft.score_function,
-            top_p=None if esft.top_p == AutoValue.auto else esft.top_p,
-            max_experts_per_layer=esft.max_experts_per_layer,
-        )
-        if esft.n_sample_tokens != AutoValue.auto:
-            ScoringConfig(n_sample_tokens=esft.n_sample_tokens)
-    except ConfigError as exc:
-        param = f"method.esft.{exc.param}" if exc.param else _guess_param(exc.message)
-        raise ServiceError(
-            400, f"Invalid ESFT method: {exc.message}", code="invalid_hyperparameters", param=param
-        ) from None
-
-
-def _guess_param(message: str) -> str:
-    for key in _TRAINING_KEYS:
-        if message.startswith(key) or f"; {key}" in message:
-            return f"method.esft.hyperparameters.{key}"
-    return "method.esft"
-
-
-def create(session: Session, queue: Queue, project_id: str, body: JobCreate) -> Job:
-    """Check model, files and method; store the job as ``validating_files`` and enqueue its validation."""
+def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
+    """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
     if session.get(BaseModel, body.model) is None:
         raise ServiceError(
             404,
@@ -84,7 +42,7 @@ def create(session: Session, queue: Queue, project_id: str, body: JobCreate) -> 
                 code="invalid_file_purpose",
                 param=param,
             )
-    check_method(body.method)
+    job_options.check(job_options.spec_values(body.method.model_dump(mode="json"), body.seed), settings)
     hyperparameters = body.method.esft.hyperparameters.model_dump(mode="json")
     job = Job(
         id=new_id("ftjob"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from esft.config import n_train_examples
 from esft.constants import IGNORE_INDEX
 from esft.errors import ConfigError
 
@@ -133,8 +134,7 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], lis
         raise ConfigError(f"`fraction` must be in [0, 1), got {fraction!r}", param="fraction")
     if n < 0:
         raise ConfigError(f"`n` must be non-negative, got {n!r}", param="n")
-    # At least one example on each side once there is a validation set at all.
-    n_val = min(max(round(n * fraction), 1), n - 1) if fraction > 0 and n >= 2 else 0
+    n_val = n - n_train_examples(n, fraction)  # the count every step plan uses, too
     order = list(range(n))
     random.Random(f"esft-validation-split-{seed}").shuffle(order)  # str seeds hash stably across runs
     return sorted(order[n_val:]), sorted(order[:n_val])

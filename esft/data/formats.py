@@ -174,8 +174,35 @@ def parse_example(obj: Any, line: int) -> Example:
     )
 
 
-def _parse_line(raw: bytes, line: int) -> Example | None:
+@dataclass(frozen=True)
+class LineLimits:
+    """The largest JSONL line this reader accepts: bytes, and nesting depth of its JSON value.
+
+    The defaults are generous; a service passes its deployment's limits so one hostile line cannot
+    exhaust memory or the parser's recursion.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_depth: int = 64
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _parse_line(raw: bytes, line: int, limits: LineLimits = LineLimits()) -> Example | None:
     """Decode and parse one raw line; None for a blank line."""
+    if len(raw) - raw.endswith(b"\n") > limits.max_bytes:
+        message = f"the line is longer than {limits.max_bytes} bytes; split or shorten the example"
+        raise DataFormatError(message, line=line, code="line_too_long")
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -190,18 +217,35 @@ def _parse_line(raw: bytes, line: int) -> Example | None:
     except json.JSONDecodeError as exc:
         message = f"invalid JSON ({exc.msg} at column {exc.colno}); each line must hold one JSON object"
         raise DataFormatError(message, line=line, code="invalid_json") from None
+    except RecursionError:
+        obj = None  # deeper than the parser's own limit: reported as too deep below
+    if obj is None or _depth(obj) > limits.max_depth:
+        message = f"the JSON value is nested deeper than {limits.max_depth} levels"
+        raise DataFormatError(message, line=line, code="too_deeply_nested")
     return parse_example(obj, line)
 
 
-def _iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, Example | DataFormatError | None]]:
+def _raw_lines(handle, max_bytes: int) -> Iterator[bytes]:
+    """Lines of a binary file; a line longer than ``max_bytes`` comes back as its first ``max_bytes + 1`` bytes
+    (enough to reject it) while the rest of it is skipped, so no line is ever held whole in memory."""
+    while raw := handle.readline(max_bytes + 1):
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        yield raw
+
+
+def _iter_lines(
+    path: str | os.PathLike, limits: LineLimits = LineLimits()
+) -> Iterator[tuple[int, Example | DataFormatError | None]]:
     """Yield ``(line, Example | error | None)`` for every physical line; ``None`` marks a blank line.
 
     Errors are yielded, not raised, so that validation can keep going after a bad line.
     """
     with open(path, "rb") as handle:  # bytes: a bad UTF-8 line must fail alone, with its line number
-        for line, raw in enumerate(handle, start=1):
+        for line, raw in enumerate(_raw_lines(handle, limits.max_bytes), start=1):
             try:
-                item: Example | DataFormatError | None = _parse_line(raw, line)
+                item: Example | DataFormatError | None = _parse_line(raw, line, limits)
             except DataFormatError as exc:
                 item = exc
             yield line, item
@@ -339,6 +383,7 @@ def validate_jsonl(
     max_context: int | None = None,
     max_errors: int = 20,
     min_examples: int = 1,
+    limits: LineLimits = LineLimits(),
 ) -> ValidationReport:
     """Check a whole JSONL file and report every problem, streaming it line by line.
 
@@ -353,6 +398,7 @@ def validate_jsonl(
             ``too_many_tokens``; needs ``count_tokens``.
         max_errors: how many problems to keep in detail (all are counted).
         min_examples: fewer valid examples than this is a ``too_few_examples`` problem.
+        limits: the longest and deepest line accepted (``line_too_long``, ``too_deeply_nested``).
 
     Returns:
         The report; ``report.ok`` says whether the file can be trained on as is.
@@ -366,7 +412,7 @@ def validate_jsonl(
     report = ValidationReport(min_examples=min_examples, max_errors=max_errors)
     counts: list[int] = []
     n_nonblank = 0
-    for line, item in _iter_lines(path):
+    for line, item in _iter_lines(path, limits):
         report.n_lines = line
         if item is None:
             continue

@@ -17,8 +17,8 @@ def test_unknown_route_and_method(client, auth):
 def test_malformed_json_and_validation(client, auth):
     raw = client.post("/v1/fine_tuning/jobs", content=b"{oops", headers={**auth, "content-type": "application/json"})
     assert_error(raw, 400, "invalid_json")
-    assert_error(client.post("/v1/fine_tuning/jobs", json={}, headers=auth), 422, "invalid_request", "model")
-    assert_error(client.get("/v1/fine_tuning/jobs?limit=0", headers=auth), 422, param="limit")
+    assert_error(client.post("/v1/fine_tuning/jobs", json={}, headers=auth), 400, "invalid_request", "model")
+    assert_error(client.get("/v1/fine_tuning/jobs?limit=0", headers=auth), 400, param="limit")
 
 
 def test_json_body_size_limit(client, auth):

@@ -26,7 +26,7 @@ def test_register_rejects_bad_paths_and_ids(client, auth, toy_model_dir, tmp_pat
     assert_error(post({"id": "x", "path": str(tmp_path / "missing")}), 400, "model_path_not_found", "path")
     (tmp_path / "empty").mkdir()
     assert_error(post({"id": "x", "path": str(tmp_path / "empty")}), 400, "unsupported_model", "path")
-    assert_error(post({"id": "../evil", "path": str(tmp_path)}), 422, param="id")
+    assert_error(post({"id": "../evil", "path": str(tmp_path)}), 400, param="id")
     inside = tmp_path / "m"
     shutil.copytree(toy_model_dir, inside)
     assert post({"id": "a", "path": str(inside)}).status_code == 200

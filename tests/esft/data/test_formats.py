@@ -251,3 +251,19 @@ def test_report_ok_needs_min_examples():
 def test_formats_imports_neither_torch_nor_transformers():
     code = "import sys, esft.data.formats; bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_line_limits_reject_long_and_deep_lines_without_stopping_validation(tmp_path):
+    from esft.data.formats import LineLimits
+
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    deep = '{"messages": ' + "[" * 5000 + "]" * 5000 + "}"
+    long = json.dumps({"text": "x" * 5000})
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join([good, deep, long, good]) + "\n")
+    report = validate_jsonl(path, limits=LineLimits(max_bytes=len(good) + 10, max_depth=8))
+    codes = {e["line"]: e["code"] for e in report.to_dict()["errors"]}
+    assert codes == {2: "line_too_long", 3: "line_too_long"} and report.n_examples == 2
+    report = validate_jsonl(path, limits=LineLimits(max_depth=8))
+    codes = {e["line"]: e["code"] for e in report.to_dict()["errors"]}
+    assert codes == {2: "too_deeply_nested"} and report.n_examples == 3
