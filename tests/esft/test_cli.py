@@ -138,7 +138,8 @@ def test_top_p_outside_range_is_rejected(top_p, tmp_path):
         json.dumps({"layers": {"0": {"token": [0.5, 0.5], "gate": [0.5, 0.5], "gate_raw": [0.4, 0.4], "top_k": 1}}})
     )
     result = _run("select", "--scores", scores, "--top-p", top_p, "--out", tmp_path / "e.json")
-    assert result.exit_code == 2 and "top_p must be in (0, 1]" in result.output
+    assert result.exit_code == 2 and "--top-p" in result.output and "must be in (0, 1]" in result.output
+    assert not (tmp_path / "e.json").exists()
     assert not (tmp_path / "e.json").exists()
 
 
