@@ -53,7 +53,9 @@ def _check_split_matches_full_model_and_gradient(family):
     ref_loss = _loss(reference, ids, mask)
     ref_loss.backward()
     selected = {layer.layer_index: [1, 5] for layer in layers}
-    prepared = prepare_model(model, ExpertConfig(selected))
+    # Non-expert modules train too, so the gradients upstream of every split layer (router, attention,
+    # embeddings) are compared with full backprop: the guard on transformers' expert-parallel sentinel path.
+    prepared = prepare_model(model, ExpertConfig(selected, non_expert_modules=True))
     loss = _loss(model, ids, mask)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     loss.backward()
@@ -63,6 +65,10 @@ def _check_split_matches_full_model_and_gradient(family):
         for name in layer.expert_params:
             want = getattr(full, name).grad[[1, 5]]
             torch.testing.assert_close(getattr(twin, name).grad, want, rtol=1e-4, atol=1e-6)
+    full = dict(reference.named_parameters())
+    assert prepared.dense_trainable, "non_expert_modules=True must train the routers, attention and embeddings"
+    for name, param in prepared.dense_trainable.items():
+        torch.testing.assert_close(param.grad, full[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
     frozen_with_grad = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
     assert frozen_with_grad == []
 
