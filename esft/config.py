@@ -115,9 +115,14 @@ class TrainingConfig(_JSONConfig):
     train_shared_experts: bool = False
     train_non_expert_modules: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    deterministic: bool = field(default=False, metadata={"help": (
+        "torch's deterministic algorithms and one CPU thread for the run: bit-identical reruns and resumes, "
+        "slower on multi-core CPUs and GPUs")})
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if not isinstance(self.deterministic, bool):
+            problems.append(f"deterministic must be true or false, got {self.deterministic!r}")
         _positive(problems, "max_steps", self.max_steps, allow_none=True)
         _positive(problems, "n_epochs", self.n_epochs, allow_none=True)
         for name in ("batch_size", "grad_accum_steps", "seq_len"):

@@ -13,7 +13,7 @@ from esft.adapters import ESFTAdapter, applied, apply_adapter, restore
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from esft.errors import AdapterMismatchError, ConfigError
-from esft.training.freeze import prepare_model
+from esft.methods.esft import get_esft_model
 from tests.conftest import CORE_FAMILIES
 
 
@@ -43,7 +43,7 @@ def test_apply_restore_merge_round_trip(family, model_dirs, chat_data, tmp_path)
 
     # The trained model itself: base + split twin loaded from the adapter's own weights.
     trained, _ = workflows.load_model(model_dir)
-    prepared = prepare_model(trained, adapter.expert_config)
+    prepared = get_esft_model(trained, adapter.expert_config)
     with torch.no_grad():
         for key, tensor in adapter.tensors.items():
             layer = next(ly for ly in prepared.layers if key.startswith(ly.experts_name + "."))
