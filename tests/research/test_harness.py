@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from esft.synthetic.pretrain import REPORT_NAME, pretrain
 from esft.workflows import load_model
 from research.comparison import best_rate, random_experts
 from tests.research.conftest import TINY
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_pretrained_model_loads_and_is_cached(tiny_model_dir):
@@ -38,9 +34,8 @@ def test_random_experts_keep_per_layer_counts_and_vary_with_seed():
 
 
 def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("method_comparison", ROOT / "bench" / "method_comparison.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from research import method_comparison as bench
+
     out_md, plots = tmp_path / "results.md", tmp_path / "results"
     summary = bench.main(
         ["--small", "--model-dir", str(tmp_path / "model"), "--out-md", str(out_md), "--plots", str(plots)]

@@ -1,5 +1,5 @@
 """Exact match by teacher forcing: an oracle scores 1, one wrong answer token fails its row, text after
-the end-of-turn token does not count; routing concentration and overlap on known scores."""
+the end-of-turn token does not count."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import torch
 from torch import nn
 
 from esft.evaluation import exact_match, stop_token_id, tokenize_rows
-from esft.scoring.scores import ExpertScores, LayerScores
 from esft.synthetic.chartok import build_char_tokenizer
 from esft.synthetic.tasks import TASKS, sample_rows
-from research.routing import concentration, overlap
 
 
 class Oracle(nn.Module):
@@ -43,13 +41,3 @@ def test_oracle_scores_one_and_a_wrong_answer_token_fails_only_its_row():
     assert exact_match(Oracle(len(tokenizer), {(1, first_answer)}), data, **kwargs).accuracy == 0.75
     after_end = len(data[2].input_ids) - 2  # predicts the "\n" the template writes after <|end|>
     assert exact_match(Oracle(len(tokenizer), {(2, after_end)}), data, **kwargs).accuracy == 1.0
-
-
-def test_concentration_and_overlap():
-    uniform = ExpertScores({0: LayerScores([0.2] * 5, [0.2] * 5, [0.2] * 5, 1)}, 10, 1)
-    peaked = ExpertScores({0: LayerScores([0.6, 0.1, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.05, 0.05], [0] * 5, 1)}, 10, 1)
-    assert concentration(uniform, 0.2, "gate") == [0.2]
-    assert abs(concentration(peaked, 0.2, "gate")[0] - 0.7) < 1e-9
-    assert overlap(peaked, peaked) == 1.0
-    other = ExpertScores({0: LayerScores([0, 0, 0, 0, 1.0], [0, 0, 0, 0, 1.0], [0] * 5, 1)}, 10, 1)
-    assert overlap(peaked, other) == 0.0
