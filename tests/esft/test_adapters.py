@@ -101,3 +101,19 @@ def test_corrupt_or_incomplete_adapter_is_rejected(model_dirs, chat_data, tmp_pa
     (out.adapter_dir / ADAPTER_CONFIG_NAME).unlink()
     with pytest.raises(ConfigError, match="not an ESFT adapter"):
         ESFTAdapter.from_pretrained(out.adapter_dir)
+
+
+def test_merge_adapter_is_a_deprecated_alias_of_load_adapter_fold(tmp_path):
+    from esft import get_esft_model, load_adapter
+    from esft.adapters import merge_adapter
+    from esft.models.toy import toy_model
+
+    prepared = get_esft_model(toy_model("qwen3_moe", layers=1, experts=4), {"experts": {"0": [1, 2]}})
+    with torch.no_grad():
+        for param in prepared.trainable_parameters().values():
+            param.add_(0.5)
+    prepared.save_pretrained(tmp_path / "adapter")
+    with pytest.warns(DeprecationWarning, match="load_adapter"):
+        merged = merge_adapter(toy_model("qwen3_moe", layers=1, experts=4), prepared.adapter())
+    folded = load_adapter(toy_model("qwen3_moe", layers=1, experts=4), tmp_path / "adapter").fold()
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), folded.state_dict().values()))
