@@ -45,17 +45,17 @@ def test_lora_wraps_attention_only_and_keeps_base_weights(model_dirs, chat_data,
             assert torch.equal(param, before[base_name]), name
 
 
-def test_lora_resume_equals_an_uninterrupted_run(model_dirs, chat_data, tmp_path):
+@pytest.mark.parametrize("method,weights", [("lora", "adapter_model.safetensors"), ("fft", "model.safetensors")])
+def test_resume_equals_an_uninterrupted_run(method, weights, model_dirs, chat_data, tmp_path):
     config = TrainingConfig(max_steps=4, batch_size=4, learning_rate=1e-2, seed=1)
     model_dir = model_dirs("qwen3_moe")
-    workflows.train(model_dir, chat_data, None, tmp_path / "full", config, method="lora")
+    workflows.train(model_dir, chat_data, None, tmp_path / "full", config, method=method)
     calls = iter(range(1, 100))
     with pytest.raises(TrainingCancelled):
-        workflows.train(model_dir, chat_data, None, tmp_path / "split", config, method="lora",
+        workflows.train(model_dir, chat_data, None, tmp_path / "split", config, method=method,
                         should_stop=lambda: next(calls) >= 2)
-    workflows.train(model_dir, chat_data, None, tmp_path / "split", config, method="lora", resume=True)
-    full = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
-    split = load_file(str(tmp_path / "split" / "adapter_model.safetensors"))
+    workflows.train(model_dir, chat_data, None, tmp_path / "split", config, method=method, resume=True)
+    full, split = load_file(str(tmp_path / "full" / weights)), load_file(str(tmp_path / "split" / weights))
     assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)
 
 
