@@ -154,7 +154,7 @@ def train(
     expert_config: Annotated[Path | None, typer.Option(
         "--expert-config", help="Expert config JSON (required with --method esft, refused otherwise).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")] = Path("adapter"),
-    method: Annotated[str, typer.Option(help="esft, or for comparison fft (all weights) or lora (rank 8, attention).")] = "esft",
+    method: Annotated[str, typer.Option(help="esft, or fft (all weights) or lora (rank 8) to compare.")] = "esft",
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")] = None,
     n_epochs: Annotated[int | None, typer.Option(help="Epochs when --max-steps is not given.")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-5,

@@ -116,4 +116,5 @@ def test_merge_adapter_is_a_deprecated_alias_of_load_adapter_fold(tmp_path):
     with pytest.warns(DeprecationWarning, match="load_adapter"):
         merged = merge_adapter(toy_model("qwen3_moe", layers=1, experts=4), prepared.adapter())
     folded = load_adapter(toy_model("qwen3_moe", layers=1, experts=4), tmp_path / "adapter").fold()
-    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), folded.state_dict().values()))
+    pairs = zip(merged.state_dict().values(), folded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
