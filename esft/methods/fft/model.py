@@ -8,10 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from esft.constants import FFT_CONFIG_NAME
 from esft.io import atomic_directory, write_json_atomic
 from esft.methods.fft.config import FFTConfig
-
-FFT_CONFIG_NAME = "fft_config.json"
 
 
 @dataclass
