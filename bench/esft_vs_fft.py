@@ -50,7 +50,7 @@ def _step(model, ids, optimizer, masters=None):
 def run_train(args, mode: str) -> dict:
     from esft.config import TrainingConfig
     from esft.expert_config import ExpertConfig
-    from esft.training.freeze import prepare_model
+    from esft.methods.esft import get_esft_model
     from esft.training.optim import MasterWeights, build_optimizer, state_bytes
 
     model, batches = build(args)
@@ -59,7 +59,7 @@ def run_train(args, mode: str) -> dict:
         params = dict(model.named_parameters())
         masters = None
     else:
-        prepared = prepare_model(model, ExpertConfig.load(args.expert_config))
+        prepared = get_esft_model(model, ExpertConfig.load(args.expert_config))
         masters = MasterWeights(prepared.trainable_parameters())
         params = masters.masters
     optimizer = build_optimizer(params, TrainingConfig(learning_rate=1e-5, weight_decay=0.1))

@@ -30,12 +30,12 @@ def _loss(model, ids):
 
 def check_family(family: str, dtype: torch.dtype) -> dict:
     """Split loss/grad vs the full model, frozen rows after AdamW with weight decay, adapter apply/restore."""
-    from esft.adapters import ESFTAdapter, apply_adapter, restore
+    from esft.adapters import apply_adapter, restore
     from esft.config import TrainingConfig
     from esft.expert_config import ExpertConfig
+    from esft.methods.esft.model import get_esft_model
     from esft.models.discovery import find_moe_layers
     from esft.models.toy import toy_model
-    from esft.training.freeze import prepare_model
     from esft.training.optim import MasterWeights, build_optimizer
 
     model = toy_model(family, layers=2, experts=8, top_k=2, hidden=128).to("cuda", dtype)
@@ -46,7 +46,7 @@ def check_family(family: str, dtype: torch.dtype) -> dict:
     ref_loss.backward()
     layers = find_moe_layers(model)
     expert_config = ExpertConfig({layer.layer_index: SELECTED for layer in layers})
-    prepared = prepare_model(model, expert_config)
+    prepared = get_esft_model(model, expert_config)
     loss = _loss(model, ids)
     loss.backward()
     grad_err = max(
@@ -62,7 +62,7 @@ def check_family(family: str, dtype: torch.dtype) -> dict:
         optimizer.zero_grad(set_to_none=True)
         masters.masters_to_model()
         _loss(model, ids).backward()
-    adapter = ESFTAdapter.from_model(prepared, expert_config)
+    adapter = prepared.adapter()
     prepared.fold()
     others = [i for i in range(8) if i not in SELECTED]
     frozen_ok = all(
@@ -108,9 +108,9 @@ def time_esft_vs_fft(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from esft.expert_config import ExpertConfig
+    from esft.methods.esft.model import get_esft_model
     from esft.models.discovery import find_moe_layers
     from esft.models.toy import toy_config
-    from esft.training.freeze import prepare_model
     from esft.training.optim import MasterWeights
 
     config = toy_config("deepseek_v2", layers=args.layers, experts=64, top_k=6, hidden=args.hidden,
@@ -128,7 +128,7 @@ def time_esft_vs_fft(args) -> dict:
                 arms[arm] += _timed_steps(model, {n: p for n, p in model.named_parameters()}, None, batches)
             else:  # ~10% of experts per layer, as the paper's selections
                 selected = ExpertConfig({ly.layer_index: list(range(0, 64, 10)) for ly in find_moe_layers(model)})
-                masters = MasterWeights(prepare_model(model, selected).trainable_parameters())
+                masters = MasterWeights(get_esft_model(model, selected).trainable_parameters())
                 arms[arm] += _timed_steps(model, masters.masters, masters, batches)
             del model
             torch.cuda.empty_cache()

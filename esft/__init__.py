@@ -1,7 +1,9 @@
 """ESFT: Expert-Specialized Fine-Tuning for transformers Mixture-of-Experts models.
 
 The public API is importable from here; names load lazily, so ``import esft`` stays cheap and the
-torch-free parts (configs, data formats) can be used without importing torch.
+torch-free parts (configs, data formats) can be used without importing torch. The front door, as peft's:
+``get_esft_model(model, expert_config)`` -> ``train(...)`` -> ``save_pretrained(dir)``, and
+``load_adapter(model, dir)`` (or ``ESFTModel.from_pretrained``) to use the result.
 
 >>> from esft import SelectionConfig
 >>> SelectionConfig("gate").top_p
@@ -31,23 +33,32 @@ _EXPORTS = {
     "score_experts": "esft.scoring.scores",
     "select_experts": "esft.selection",
     "find_moe_layers": "esft.models.discovery",
-    "prepare_model": "esft.training.freeze",
+    "get_esft_model": "esft.methods.esft.model",
+    "ESFTModel": "esft.methods.esft.model",
+    "get_fft_model": "esft.methods.fft.model",
+    "FFTConfig": "esft.methods.fft.config",
+    "get_lora_model": "esft.methods.lora.model",
+    "LoRAConfig": "esft.methods.lora.config",
+    "register_method": "esft.methods",
+    "load_adapter": "esft.methods",
     "train": "esft.training.loop",
+    "TrainResult": "esft.training.loop",
     "ESFTAdapter": "esft.adapters.adapter",
     "apply_adapter": "esft.adapters.swap",
     "restore": "esft.adapters.swap",
     "applied": "esft.adapters.swap",
     "ProgressEvent": "esft.training.progress",
-    "workflows": "esft.workflows",
 }
+# Reachable as attributes but not the front door: the path-level layer the CLI and the worker call.
+_SUBMODULES = {"workflows": "esft.workflows", "methods": "esft.methods"}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(_SUBMODULES[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'esft' has no attribute {name!r}")
-    if name == "workflows":
-        return importlib.import_module(module)
     return getattr(importlib.import_module(module), name)

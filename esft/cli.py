@@ -64,33 +64,49 @@ def _progress_bar(description: str) -> Iterator:
         yield update
 
 
+_TOY_SIZES = {"layers": 2, "experts": 8, "top_k": 2, "hidden": 64}  # the plain toy's defaults
+
+
 @app.command("toy-model")
 def toy_model(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the model and tokenizer to.")],
     family: Annotated[str, typer.Option(help="MoE family (model_type): deepseek_v2, qwen3_moe, ...")] = "deepseek_v2",
-    layers: Annotated[int, typer.Option(help="MoE decoder layers.")] = 2,
-    experts: Annotated[int, typer.Option(help="Routed experts per layer.")] = 8,
-    top_k: Annotated[int, typer.Option("--top-k", help="Experts per token.")] = 2,
-    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    layers: Annotated[int | None, typer.Option(help="MoE decoder layers [default: 2; --pretrain: 4].")] = None,
+    experts: Annotated[int | None, typer.Option(help="Routed experts per layer [default: 8; --pretrain: 32].")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts per token [default: 2; --pretrain: 4].")] = None,
+    hidden: Annotated[int | None, typer.Option(help="Hidden size [default: 64; --pretrain: 128].")] = None,
     seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
     pretrain: Annotated[bool, typer.Option("--pretrain", help=(
-        "Pretrain a DeepSeek-V2-family toy (32 experts top-4, 2 shared, group-limited routing) on synthetic "
-        "tasks for a fixed 3000 steps (~20 min on 2 cores; cached in OUT_DIR) so its experts specialise."))] = False,
+        "Pretrain a DeepSeek-V2-family toy (default 4 layers, 32 experts top-4, 2 shared, group-limited routing) on "
+        "synthetic tasks for a fixed number of steps (~20 min on 2 cores at the defaults; cached in OUT_DIR) so "
+        "its experts specialise. The size flags apply; --family must be deepseek_v2."))] = False,
+    steps: Annotated[int | None, typer.Option(help="Pretraining steps (only with --pretrain) [default: 3000].")] = None,
 ) -> None:
     """Build a tiny MoE model of any family, with a local tokenizer (no network)."""
-    if pretrain:
-        from esft.experiments.pretrain import PretrainConfig
-        from esft.experiments.pretrain import pretrain as run_pretraining
-
-        run_pretraining(out_dir, PretrainConfig(seed=seed), log=console.print)
-        console.print(f"pretrained toy model in {out_dir} (size flags are fixed by the pretraining recipe)")
-        return
-    from esft.models.toy import build_toy_model
-
+    sizes = {"layers": layers, "experts": experts, "top_k": top_k, "hidden": hidden}
     with _errors():
-        path = build_toy_model(out_dir, family=family, layers=layers, experts=experts, top_k=top_k,
-                               hidden=hidden, seed=seed)
+        if pretrain:
+            _pretrain_toy(out_dir, family, {k: v for k, v in sizes.items() if v is not None}, seed, steps)
+            return
+        if steps is not None:
+            raise typer.BadParameter("--steps applies only with --pretrain")
+        from esft.models.toy import build_toy_model
+
+        options = {k: v if v is not None else _TOY_SIZES[k] for k, v in sizes.items()}
+        path = build_toy_model(out_dir, family=family, seed=seed, **options)
     console.print(f"wrote {family} toy model to {path}")
+
+
+def _pretrain_toy(out_dir: Path, family: str, sizes: dict[str, int], seed: int, steps: int | None) -> None:
+    """``toy-model --pretrain``: the synthetic-task pretraining of ``esft.synthetic.pretrain`` at the given size."""
+    from esft.synthetic.pretrain import PretrainConfig, pretrain
+
+    if family != "deepseek_v2":
+        raise typer.BadParameter(f"--pretrain builds a deepseek_v2 model; got --family {family}")
+    config = PretrainConfig(seed=seed, **sizes, **({"steps": steps} if steps is not None else {}))
+    report = pretrain(out_dir, config, log=console.print)
+    console.print(f"pretrained toy model in {out_dir}: {report['parameters']:,} parameters, "
+                  f"general exact match {report['general_mean']:.3f}")
 
 
 @app.command()
@@ -131,39 +147,25 @@ def train(
     model: ModelOpt,
     data: DataOpt,
     training: TrainingConfig,
-    expert_config: Annotated[Path | None, typer.Option("--expert-config", help="Expert config JSON (esft).")] = None,
+    expert_config: Annotated[Path | None, typer.Option(
+        "--expert-config", help="Expert config JSON (required with --method esft, refused otherwise).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")] = Path("adapter"),
-    method: Annotated[str, typer.Option(help="esft, or the baselines fft (all weights) and lora (rank 8).")] = "esft",
+    method: Annotated[str, typer.Option(help="esft, or fft (all weights) or lora (rank 8) to compare.")] = "esft",
     validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
 ) -> None:
-    """Train only the selected experts and write an adapter."""
+    """Train with ESFT (only the selected experts), or FFT / LoRA for comparison, and write the result to --out."""
     from esft import workflows
 
     with _errors():
         _init_distributed()
-        if method != "esft":
-            _train_baseline(method, model, data, out, training, validation_file)
-            return
-        if expert_config is None:
-            raise typer.BadParameter("--expert-config is required with --method esft (make one with `esft select`)")
         with _progress_bar("training") as progress:
             result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
-                                     resume=resume, progress=progress)
+                                     resume=resume, progress=progress, method=method)
     params = result.report["parameters"]
-    console.print(f"trained {params['trainable']:,} of {params['total']:,} parameters "
+    console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
-                  f"final loss {result.final_loss:.4f}; adapter -> {result.adapter_dir}")
-
-
-def _train_baseline(method: str, model: Path, data: Path, out: Path, config, validation_file: Path | None) -> None:
-    """Full fine-tuning or LoRA on the same data and hyperparameters, for comparison with ESFT."""
-    from esft.baselines.workflow import train_method
-
-    if method not in ("fft", "lora"):
-        raise typer.BadParameter(f"--method must be esft, fft or lora, got {method!r}")
-    report = train_method(method, model, data, out, config, validation_path=validation_file)
-    console.print(f"{method}: {json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)})}")
+                  f"final loss {result.final_loss:.4f}; result -> {result.adapter_dir}")
 
 
 @app.command()
@@ -200,7 +202,8 @@ def generate(
 @app.command()
 def plot(
     scores: Annotated[Path | None, typer.Option("--scores", help="Scores JSON: draws the expert heatmap.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("scores.png"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="PNG to write [default: scores.png, or loss.png with --metrics].")] = None,
     expert_config: Annotated[Path | None, typer.Option("--expert-config", help="Box the selected experts.")] = None,
     metrics: Annotated[Path | None, typer.Option("--metrics", help="metrics.jsonl: draws the loss curve.")] = None,
 ) -> None:
@@ -209,9 +212,9 @@ def plot(
 
     with _errors():
         if metrics is not None:
-            path = plotting.plot_loss(metrics, out)
+            path = plotting.plot_loss(metrics, out or Path("loss.png"))
         elif scores is not None:
-            path = plotting.plot_scores(scores, out, expert_config)
+            path = plotting.plot_scores(scores, out or Path("scores.png"), expert_config)
         else:
             raise typer.BadParameter("pass --scores or --metrics")
     console.print(f"wrote {path}")

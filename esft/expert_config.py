@@ -21,13 +21,21 @@ from esft.io import write_json_atomic
 class ExpertConfig:
     """Selected experts per decoder layer, plus the paper's variant switches."""
 
-    experts: dict[int, list[int]]
-    shared_experts: bool = False
-    non_expert_modules: bool = False
-    score_function: str | None = None
-    top_p: float | None = None
-    base_model: dict[str, Any] = field(default_factory=dict)
-    scores: dict[int, list[float]] | None = None
+    experts: dict[int, list[int]] = field(metadata={"help": "decoder-layer index -> routed expert ids that train"})
+    shared_experts: bool = field(default=False, metadata={"help": "also train the shared experts (paper variant)"})
+    non_expert_modules: bool = field(
+        default=False, metadata={"help": "also train attention, norms, embeddings and head (paper variant)"})
+    score_function: str | None = field(default=None, metadata={"help": "how the experts were scored: token or gate"})
+    top_p: float | None = field(default=None, metadata={"help": "the selection's cumulative-score threshold"})
+    base_model: dict[str, Any] = field(default_factory=dict, metadata={"help": "identity of the model it was made for"})
+    scores: dict[int, list[float]] | None = field(default=None, metadata={"help": "per-layer expert scores"})
+
+    def __post_init__(self) -> None:
+        problems = [f"experts[{layer!r}] must be a list of expert ids >= 0 for a layer index >= 0, got {ids!r}"
+                    for layer, ids in self.experts.items()
+                    if not _is_index(layer) or not isinstance(ids, list) or not all(_is_index(i) for i in ids)]
+        if problems:
+            raise ConfigError(problems, param="expert_config")
 
     @property
     def n_selected(self) -> int:
@@ -117,3 +125,7 @@ class ExpertConfig:
                 problems.append(f"layer {layer} has experts 0..{num_experts[layer] - 1}, config lists {ids}")
         if problems:
             raise AdapterMismatchError("; ".join(problems), param="expert_config")
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

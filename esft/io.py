@@ -1,4 +1,7 @@
-"""Atomic file writes: an artifact is either whole or absent, never half-written."""
+"""Atomic file writes and file hashes: an artifact is either whole or absent, never half-written.
+
+The library's one JSON writer (``write_json_atomic``) and one ``sha256_file`` live here.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide artifacts from a service reading them as another user
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
@@ -51,6 +55,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-sized blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

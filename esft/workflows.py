@@ -1,7 +1,8 @@
 """Path-level workflows shared by the CLI and the service's worker: score, select, train, merge, generate.
 
 Each takes directories and files, loads what it needs, calls the library, and writes its artifact
-atomically. The CLI commands and the Celery tasks are thin callers of these functions.
+atomically. The CLI commands and the Celery tasks are thin callers of these functions. In Python, use the
+in-memory front door instead (``esft.get_esft_model``, ``esft.train``, ``ESFTModel.save_pretrained``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import torch
 from esft.adapters import ESFTAdapter, apply_adapter, save_merged
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME
-from esft.data.batching import split_validation
 from esft.data.formats import read_examples
 from esft.data.tokenize import DataReport, tokenize_examples
 from esft.errors import ConfigError
 from esft.expert_config import ExpertConfig
 from esft.io import write_json_atomic
+from esft.methods import Method, get_method
 from esft.models.identity import identity_of
 from esft.parallel.data_parallel import barrier, is_main, world
 from esft.scoring.scores import ExpertScores, score_experts
@@ -92,20 +93,35 @@ class TrainOutput:
 
 
 def _datasets(data_path, validation_path, tokenizer, config: TrainingConfig):
+    """Tokenized training and validation examples (the loop holds out ``validation_split`` itself)."""
     train_data, report = _tokenized(data_path, tokenizer, config.seq_len, config.overflow)
     val_data: list = []
     if validation_path is not None:
         val_data, _ = _tokenized(validation_path, tokenizer, config.seq_len, "truncate")
-    elif config.validation_split > 0 and len(train_data) >= 2:
-        train_idx, val_idx = split_validation(len(train_data), config.validation_split, config.seed)
-        train_data, val_data = [train_data[i] for i in train_idx], [train_data[i] for i in val_idx]
     return train_data, val_data, report
+
+
+def _method_config(method: Method, expert_config_path, config: TrainingConfig):
+    """The method's config: the expert config for ESFT (with the training config's variant flags), else defaults."""
+    if not method.needs_expert_config:
+        if expert_config_path is not None:
+            raise ConfigError(f"the {method.name} method trains no expert selection; drop the expert config "
+                              "(`--expert-config`)", param="expert_config")
+        return method.config_cls()
+    if expert_config_path is None:
+        raise ConfigError(f"the {method.name} method needs an expert config (`--expert-config`; make one with "
+                          "`esft select`)", param="expert_config")
+    expert_config = ExpertConfig.load(expert_config_path)
+    # The paper's variants can be asked for in the expert config or in the training config.
+    expert_config.shared_experts |= config.train_shared_experts
+    expert_config.non_expert_modules |= config.train_non_expert_modules
+    return expert_config
 
 
 def train(
     model_dir: str | Path,
     data_path: str | Path,
-    expert_config_path: str | Path,
+    expert_config_path: str | Path | None,
     out_dir: str | Path,
     config: TrainingConfig | None = None,
     *,
@@ -113,31 +129,38 @@ def train(
     resume: bool = False,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    method: str = "esft",
 ) -> TrainOutput:
-    """Train the selected experts and write the adapter to ``out_dir``.
+    """Train ``model_dir`` on ``data_path`` with ``method`` (esft, fft or lora) and write the result to ``out_dir``.
 
-    ``out_dir`` also holds ``checkpoints/`` (for ``resume``), ``metrics.jsonl`` and
-    ``train_report.json``; ``adapter_config.json`` is written last, so its presence means complete.
+    ``out_dir`` also holds ``checkpoints/`` (for ``resume``), ``metrics.jsonl`` and ``train_report.json``.
+    ESFT and LoRA write an adapter (``adapter_config.json`` last, so its presence means complete); FFT
+    writes a whole model with its tokenizer. ``expert_config_path`` is required for esft and refused for
+    the others.
+
+    Raises:
+        ConfigError: unknown method, missing or superfluous expert config, or ``out_dir`` already finished.
     """
     config = config or TrainingConfig()
+    spec = get_method(method)
     out_dir = Path(out_dir)
-    if (out_dir / ADAPTER_CONFIG_NAME).exists() and not resume:
-        raise ConfigError(f"{out_dir} already holds a finished adapter; choose a new --out", param="out")
-    expert_config = ExpertConfig.load(expert_config_path)
-    # The paper's variants can be asked for in the expert config or in the training config.
-    expert_config.shared_experts |= config.train_shared_experts
-    expert_config.non_expert_modules |= config.train_non_expert_modules
+    if any((out_dir / name).exists() for name in (ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME)) and not resume:
+        raise ConfigError(f"{out_dir} already holds a finished run; choose a new --out", param="out")
+    method_config = _method_config(spec, expert_config_path, config)
     model, tokenizer = load_model(model_dir, dtype=config.dtype, device=_rank_device())
     train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
-    result = train_loop(model, train_data, expert_config, config, out_dir, pad_token_id=tokenizer.pad_token_id,
+    torch.manual_seed(config.seed)  # methods that initialise weights (LoRA) do it reproducibly
+    prepared = spec.prepare(model, method_config)
+    result = train_loop(prepared, train_data, config, pad_token_id=tokenizer.pad_token_id, out_dir=out_dir,
                         val_data=val_data, resume=resume, progress=progress, should_stop=should_stop)
-    if not expert_config.base_model:
-        expert_config.base_model = identity_of(model.config)
-    report = {**result.report, "data": _data_report(data_report, len(train_data), len(val_data)),
+    n_train, n_val = result.report["n_train"], result.report["n_validation"]
+    report = {**result.report, "method": method, "data": _data_report(data_report, n_train, n_val),
               "config": config.to_dict()}
-    if is_main():  # every rank holds the same trained experts; one writes them
+    if is_main():  # every rank holds the same trained weights; one writes them
         write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
-        ESFTAdapter.from_model(result.prepared, expert_config, metadata=report).write_files(out_dir)
+        prepared.write_files(out_dir, report)
+        if spec.full_checkpoint:
+            tokenizer.save_pretrained(out_dir)
     barrier()
     return TrainOutput(out_dir, result.steps, result.trained_tokens, result.final_loss, result.val_loss, report)
 
@@ -156,6 +179,9 @@ def _data_report(report: DataReport, n_train: int, n_val: int) -> dict[str, Any]
 
 def merge(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Write base model + adapter as one full checkpoint that ``from_pretrained`` loads."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ConfigError(f"{out_dir} already exists; choose a new --out for the merged model", param="out")
     model, tokenizer = load_model(model_dir, device="cpu")
     apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
     return save_merged(model, tokenizer, out_dir)

@@ -26,6 +26,7 @@ import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from esft.expert_config import ExpertConfig  # noqa: E402
+from esft.methods.esft import get_esft_model  # noqa: E402
 from esft.models.discovery import find_moe_layers  # noqa: E402
 from esft.models.families import (  # noqa: E402
     NO_TOY_MODEL,
@@ -35,7 +36,6 @@ from esft.models.families import (  # noqa: E402
     unlisted_directories,
 )
 from esft.models.toy import toy_model  # noqa: E402
-from esft.training.freeze import prepare_model  # noqa: E402
 
 EXPERTS, TOP_K, HIDDEN = 8, 2, 64
 
@@ -196,7 +196,7 @@ def probe_new_family(family: str) -> FamilyFacts | str:
     try:
         facts = family_facts(family)
         model = toy_model(family, experts=EXPERTS, top_k=TOP_K, hidden=HIDDEN)
-        prepared = prepare_model(model, ExpertConfig({layer.layer_index: [0] for layer in find_moe_layers(model)}))
+        prepared = get_esft_model(model, ExpertConfig({layer.layer_index: [0] for layer in find_moe_layers(model)}))
         ids = torch.randint(7, 512, (1, 8), generator=torch.Generator().manual_seed(0))
         model(input_ids=ids, labels=ids).loss.backward()
         if not all(
@@ -221,9 +221,9 @@ def render(rows: list[FamilyFacts], failed: dict[str, str]) -> str:
         "and its experts class is decorated with `use_experts_implementation`. Layout flags are the",
         "decorator's (`Y`/`N`); router shapes use T tokens, E experts, k chosen experts, H hidden size.",
         "",
-        "**ESFT support: every family in this table.** `tests/esft/test_family_matrix.py` runs each one through",
-        "split training: the split model's loss equals the original's, the trainable twin's gradient equals the",
-        "selected rows of the full gradient, and after AdamW steps with weight decay every unselected expert and",
+        "**ESFT support: every family in this table.** `tests/esft/methods/test_family_matrix.py` runs each one",
+        "through split training: the split model's loss equals the original's, the trainable twin's gradient equals",
+        "the selected rows of the full gradient, and after AdamW steps with weight decay every unselected expert and",
         "every non-expert tensor is bit-identical while every selected expert moved. Scoring, resume and the",
         "adapter round trip (apply / restore / merge) are tested on deepseek_v2 (also group-limited routing),",
         "deepseek_v3, qwen2_moe, qwen3_moe, mixtral, olmoe and gpt_oss.",

@@ -20,7 +20,7 @@ def pytest_configure(config):
 
 
 # The families every acceptance check runs on; the full matrix (tests/esft/families.py: every supported family) runs the
-# split-training invariants in tests/esft/test_family_matrix.py.
+# split-training invariants in tests/esft/methods/test_family_matrix.py.
 CORE_FAMILIES = ("deepseek_v2", "deepseek_v3", "qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "gpt_oss")
 
 

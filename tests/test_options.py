@@ -111,24 +111,10 @@ def test_auto_values_resolved_by_the_library():
     assert resolved["total_steps"] == 15 and resolved["save_every"] == 2
 
 
-# --- the one step-count formula -----------------------------------------------------------------------
+# --- the one step-count formula (its cases: tests/esft/training/test_loop.py) ---------------------------
 
 
-@pytest.mark.parametrize(
-    ("n_examples", "kwargs", "steps"),
-    [
-        (3, {"batch_size": 8}, 1),  # fewer examples than the batch: still one step per epoch
-        (3, {"batch_size": 8, "n_epochs": 4}, 4),
-        (10, {"batch_size": 4}, 3),
-        (10, {"batch_size": 2, "grad_accum_steps": 2}, 3),  # 5 micro-batches -> 3 optimizer steps
-        (10, {"batch_size": 4, "max_steps": 7}, 7),  # max_steps wins
-    ],
-)
-def test_total_steps(n_examples, kwargs, steps):
-    assert TrainingConfig(**kwargs).total_steps(n_examples) == steps
-
-
-def test_total_steps_counts_after_the_validation_split():
+def test_resolved_steps_count_after_the_validation_split():
     assert n_train_examples(10, 0.2) == 8 and n_train_examples(2, 0.1) == 1 and n_train_examples(1, 0.5) == 1
     resolved = resolve_auto({"batch_size": 4, "n_epochs": 1, "validation_split": 0.5}, DataFacts(n_examples=16))
     assert resolved["total_steps"] == 2  # 8 examples train, 8 validate

@@ -24,8 +24,7 @@ from safetensors.torch import load_file, save_file
 from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_SCHEMA, ADAPTER_WEIGHTS_NAME
 from esft.errors import AdapterMismatchError, ConfigError
 from esft.expert_config import ExpertConfig
-from esft.io import atomic_directory, sha256_file
-from esft.training.freeze import ESFTModel
+from esft.io import atomic_directory, sha256_file, write_json_atomic
 
 
 @dataclass
@@ -52,23 +51,6 @@ class ESFTAdapter:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    @classmethod
-    def from_model(cls, prepared: ESFTModel, expert_config: ExpertConfig, metadata: dict | None = None):
-        """Collect the trained tensors of a prepared (split) model, in the base model's dtype."""
-        tensors: dict[str, torch.Tensor] = {}
-        rows: dict[str, int] = {}
-        for layer in prepared.layers:
-            split = prepared.split.get(layer.layer_index)
-            if split is None:
-                continue
-            for name in layer.expert_params:
-                key = f"{layer.experts_name}.{name}"
-                tensors[key] = split.merged_rows(name).cpu().contiguous()
-                rows[key] = layer.layer_index
-        for name, param in prepared.dense_trainable.items():
-            tensors[name] = param.detach().cpu().contiguous()
-        return cls(expert_config, tensors, rows, dict(metadata or {}))
-
     def to_config(self) -> dict[str, Any]:
         return {
             **self.expert_config.to_dict(),
@@ -91,9 +73,7 @@ class ESFTAdapter:
         save_file(self.tensors, str(weights), metadata={"format": "pt", "esft": ADAPTER_SCHEMA})
         config = self.to_config()
         config["weights"] = {ADAPTER_WEIGHTS_NAME: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
-        tmp = directory / (ADAPTER_CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tmp.replace(directory / ADAPTER_CONFIG_NAME)
+        write_json_atomic(directory / ADAPTER_CONFIG_NAME, config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, verify: bool = True) -> ESFTAdapter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -12,7 +13,12 @@ from esft.io import atomic_directory
 
 
 def merge_adapter(model: nn.Module, adapter: ESFTAdapter) -> nn.Module:
-    """Apply ``adapter`` to ``model`` for good (no restore handle kept) and return the model."""
+    """Deprecated: use ``esft.load_adapter(model, adapter_dir).fold()`` (or ``apply_adapter`` for a handle).
+
+    Applies ``adapter`` to ``model`` for good (no restore handle kept) and returns the model.
+    """
+    warnings.warn("`merge_adapter` is deprecated; use `esft.load_adapter(model, adapter_dir).fold()`, which "
+                  "applies the adapter in place and returns the plain model", DeprecationWarning, stacklevel=2)
     apply_adapter(model, adapter)
     return model
 

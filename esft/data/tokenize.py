@@ -34,7 +34,7 @@ class TokenizedExample:
     Attributes:
         input_ids: token ids, at most ``seq_len`` of them.
         labels: same length as ``input_ids``; the token id where the loss is taken, else ``IGNORE_INDEX``.
-            Not shifted: the model shifts labels itself, as Hugging Face causal LMs do.
+            Not shifted: ``esft.training.loss.answer_loss`` pairs position t's logits with label t+1.
         truncated: True if tokens were cut from the end to fit ``seq_len``.
         line: 1-based line of the example in its file.
     """

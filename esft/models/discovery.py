@@ -125,7 +125,3 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
             )
         seen.add(layer.layer_index)
     return layers
-
-
-def layer_by_index(layers: list[MoELayer]) -> dict[int, MoELayer]:
-    return {layer.layer_index: layer for layer in layers}

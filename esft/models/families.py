@@ -5,7 +5,7 @@ is found by ``esft.models.discovery`` without a family entry. This module is the
 the exceptions and the one place every family list lives:
 
 - ``SUPPORTED_FAMILIES``: the model types this project lists as supported. Each one is built as a toy model
-  and run through the family matrix (``tests/esft/test_family_matrix.py``); a failure there is a regression.
+  and run through the family matrix (``tests/esft/methods/test_family_matrix.py``); a failure there is a regression.
 - ``UNSUPPORTED_FAMILIES``: families ESFT cannot train, with the reason (``find_moe_layers`` raises it).
 - ``NO_TOY_MODEL``: decorated families that are trainable when loaded but have no causal-LM toy of their own
   (multimodal wrappers whose text model is listed, models transformers builds for other tasks only).

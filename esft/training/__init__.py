@@ -1,1 +1,1 @@
-"""Training only the selected experts: freezing/splitting, optimizer, checkpoints, the loop, progress."""
+"""Training any method's model: the one loop, its objective, optimizer, checkpoints and progress events."""

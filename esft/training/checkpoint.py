@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from esft.constants import CHECKPOINT_SCHEMA, CHECKPOINT_STATE_NAME, CHECKPOINT_TENSORS_NAME, CHECKPOINTS_DIR
 from esft.errors import CheckpointError
-from esft.io import atomic_directory
+from esft.io import atomic_directory, write_json_atomic
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -57,7 +57,7 @@ def save_checkpoint(
     }
     with atomic_directory(final, overwrite=True) as tmp:
         save_file(tensors, str(tmp / CHECKPOINT_TENSORS_NAME))
-        (tmp / CHECKPOINT_STATE_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_json_atomic(tmp / CHECKPOINT_STATE_NAME, meta)
     for old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

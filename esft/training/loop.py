@@ -1,41 +1,55 @@
-"""The ESFT training loop: setup, then steps that read top to bottom, with eval, checkpoints and stop.
+"""The one training loop for every method: setup, then steps that read top to bottom, with eval, checkpoints and stop.
 
-Only the selected experts (and the variants' shared/non-expert tensors) train; see ``freeze.py``.
+It trains whatever a method prepared (``esft.methods``: ESFT's split experts, every weight for FFT, peft's
+LoRA matrices): the loop sees only ``model`` and ``trainable_parameters()``, so batches, accumulation,
+epochs, the validation split, schedule, clipping, checkpoints and resume are the same for all methods.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from esft.config import TrainingConfig
+from esft.config import TrainingConfig, n_train_examples
 from esft.constants import METRICS_NAME
-from esft.data.batching import batch_indices, collate
+from esft.data.batching import batch_indices, collate, split_validation
 from esft.data.tokenize import TokenizedExample
 from esft.errors import CheckpointError, ConfigError, TrainingCancelled
-from esft.expert_config import ExpertConfig
 from esft.parallel.data_parallel import all_reduce_grads, all_reduce_sum, barrier, broadcast_flag, is_main, shard, world
 from esft.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from esft.training.freeze import ESFTModel, prepare_model
 from esft.training.loss import answer_loss, n_loss_tokens
 from esft.training.optim import MasterWeights, build_optimizer, count_parameters, lr_at, state_bytes
 from esft.training.progress import ProgressCallback, ProgressEvent, StopCallback
 
 
+class TrainableModel(Protocol):
+    """What the loop trains: a method's model (``esft.methods``: ``ESFTModel``, ``FFTModel``, ``LoRAModel``)."""
+
+    model: nn.Module
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters that train, by a stable name (checkpoints key optimizer state by it)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON naming what trains; a checkpoint written under another description is not resumed."""
+        ...
+
+
 @dataclass
 class TrainResult:
-    """Outcome of ``train``: the prepared (split) model and what happened."""
+    """Outcome of ``train``: the trained method model and what happened."""
 
-    prepared: ESFTModel
+    prepared: TrainableModel
     steps: int
     trained_tokens: int
     final_loss: float | None
@@ -43,12 +57,24 @@ class TrainResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def total_steps(n_examples: int, config: TrainingConfig) -> int:
-    """Optimizer steps of the run: ``max_steps``, or ``n_epochs`` (default 1) over the data."""
-    if config.max_steps is not None:
-        return config.max_steps
-    batches = math.ceil(n_examples / config.batch_size)
-    return max(1, math.ceil(batches / config.grad_accum_steps) * (config.n_epochs or 1))
+def held_out(n_examples: int, config: TrainingConfig, *, has_validation_data: bool = False) -> tuple[int, int]:
+    """``(n_train, n_validation)`` after ``config.validation_split`` (no split when validation data is given).
+
+    >>> TrainingConfig(batch_size=4, n_epochs=2).total_steps(held_out(10, TrainingConfig(validation_split=0.2))[0])
+    4
+    """
+    if has_validation_data:
+        return n_examples, 0
+    n_train = n_train_examples(n_examples, config.validation_split)
+    return n_train, n_examples - n_train
+
+
+def _split(train_data: Sequence, val_data: Sequence, config: TrainingConfig) -> tuple[list, list]:
+    """Hold out ``config.validation_split`` of ``train_data`` for validation when no ``val_data`` is given."""
+    if val_data or config.validation_split <= 0 or len(train_data) < 2:
+        return list(train_data), list(val_data)
+    train_idx, val_idx = split_validation(len(train_data), config.validation_split, config.seed)
+    return [train_data[i] for i in train_idx], [train_data[i] for i in val_idx]
 
 
 def _micro_batches(lengths: list[int], config: TrainingConfig, state: TrainerState) -> Iterator[tuple]:
@@ -82,7 +108,7 @@ def evaluate(model: nn.Module, data: Sequence[TokenizedExample], batch_size: int
 class _Run:
     """Everything ``train`` sets up before the first step."""
 
-    prepared: ESFTModel
+    prepared: TrainableModel
     masters: MasterWeights
     optimizer: torch.optim.Optimizer
     state: TrainerState
@@ -91,17 +117,18 @@ class _Run:
     device: torch.device
 
 
-def _setup(model, train_data, expert_config, config, out_dir: Path, resume: bool, pad_id: int) -> _Run:
+def _setup(prepared: TrainableModel, train_data, config, out_dir: Path | None, resume: bool, pad_id: int) -> _Run:
     if not train_data:
         raise ConfigError("no training examples left after tokenization", param="training_file")
-    prepared = prepare_model(model, expert_config)
     masters = MasterWeights(prepared.trainable_parameters())
     if not masters.masters:
-        raise ConfigError("the expert config selects nothing to train", param="expert_config")
+        raise ConfigError("the method selects nothing to train (empty expert config?)", param="expert_config")
     optimizer = build_optimizer(masters.masters, config)
-    run_config = {"training": config.to_dict(), "experts": expert_config.to_dict()["experts"],
-                  "n_examples": len(train_data), "pad_id": pad_id, "world_size": world()[1]}
-    state, ckpt = TrainerState(), latest_checkpoint(out_dir)
+    run_config = {"training": config.to_dict(), "method": prepared.describe(), "n_examples": len(train_data),
+                  "pad_id": pad_id, "world_size": world()[1]}
+    state, ckpt = TrainerState(), latest_checkpoint(out_dir) if out_dir is not None else None
+    if resume and out_dir is None:
+        raise CheckpointError("resume=True needs the `out_dir` that holds the checkpoints", param="resume")
     if ckpt is not None and not resume:
         raise CheckpointError(f"{out_dir} already holds checkpoints of an earlier run; pass resume=True "
                               "(--resume) to continue it, or choose a new output directory", param="resume")
@@ -111,8 +138,24 @@ def _setup(model, train_data, expert_config, config, out_dir: Path, resume: bool
     else:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
-    total = total_steps(len(train_data), config)
-    return _Run(prepared, masters, optimizer, state, total, run_config, next(model.parameters()).device)
+    total = config.total_steps(len(train_data))
+    return _Run(prepared, masters, optimizer, state, total, run_config, next(prepared.model.parameters()).device)
+
+
+@contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, torch's deterministic algorithms and one CPU thread for the block; restored after it."""
+    if not enabled:
+        yield
+        return
+    was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
 
 
 def _optimizer_step(run: _Run, config: TrainingConfig) -> float | None:
@@ -151,40 +194,61 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
 
 
 def train(
-    model: nn.Module,
+    prepared: TrainableModel,
     train_data: Sequence[TokenizedExample],
-    expert_config: ExpertConfig,
-    config: TrainingConfig,
-    out_dir: str | Path,
+    config: TrainingConfig | None = None,
     *,
     pad_token_id: int,
+    out_dir: str | Path | None = None,
     val_data: Sequence[TokenizedExample] = (),
     resume: bool = False,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> TrainResult:
-    """Train the experts ``expert_config`` selects; checkpoints and ``metrics.jsonl`` go to ``out_dir``.
+    """Train a method's model (``esft.get_esft_model``, ``get_fft_model``, ``get_lora_model``) in place.
+
+    Without ``out_dir`` it trains in memory; with it, checkpoints (every ``save_every`` steps and at the
+    end) and ``metrics.jsonl`` go there, and ``resume=True`` continues from the newest checkpoint. A resumed
+    run equals an uninterrupted one bit for bit on one CPU thread or with ``config.deterministic``; on more
+    threads parallel reductions make two runs differ by about 1e-7. ``deterministic=True`` runs on one
+    thread with torch's deterministic algorithms (slower on multi-core CPUs and on GPUs; kernels without
+    a deterministic version raise).
 
     Args:
-        model: the base model, modified in place (selected experts split out; see ``ESFTModel.fold``).
-        train_data: tokenized examples; ``labels`` mark the tokens that carry loss.
-        expert_config: experts to train, plus the shared/non-expert variant flags.
-        config: hyperparameters; ``seed`` fixes data order and initial RNG.
-        out_dir: run directory; ``resume=True`` continues from its newest checkpoint bit-identically.
+        prepared: the method's model; its ``trainable_parameters()`` are what AdamW steps.
+        train_data: tokenized examples; ``labels`` mark the tokens that carry loss. Without ``val_data``,
+            ``config.validation_split`` of them is held out for validation first.
+        config: hyperparameters; ``seed`` fixes data order and initial RNG (default ``TrainingConfig()``).
         pad_token_id: padding id for batches.
+        out_dir: run directory for checkpoints and metrics (None: nothing is written).
         val_data: held-out examples for validation loss every ``eval_every`` steps and at the end.
+        resume: continue from the newest checkpoint in ``out_dir``.
         progress: receives a ``ProgressEvent`` after every optimizer step and evaluation.
-        should_stop: polled after every step; when it returns True a checkpoint is saved and
-            ``TrainingCancelled`` is raised.
+        should_stop: polled after every step; when it returns True a checkpoint is saved (with ``out_dir``)
+            and ``TrainingCancelled`` is raised.
 
     Returns:
-        ``TrainResult`` holding the trained (still split) model and the run's numbers.
+        ``TrainResult`` holding the trained method model (ESFT's still split) and the run's numbers.
+
+    >>> from esft import get_esft_model, train
+    >>> esft_model = get_esft_model(model, "experts.json")  # doctest: +SKIP
+    >>> result = train(esft_model, data, TrainingConfig(max_steps=2), pad_token_id=2)  # doctest: +SKIP
     """
-    out_dir = Path(out_dir)
-    run = _setup(model, train_data, expert_config, config, out_dir, resume, pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the run is known to be valid
+    config = config or TrainingConfig()
+    train_data, val_data = _split(train_data, val_data, config)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    with _determinism(config.deterministic):
+        run = _setup(prepared, train_data, config, out_dir, resume, pad_token_id)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)  # only once the run is known to be valid
+        return _run_steps(run, train_data, val_data, config, pad_token_id, out_dir, progress, should_stop)
+
+
+def _run_steps(run: _Run, train_data, val_data, config: TrainingConfig, pad_token_id: int, out_dir: Path | None,
+               progress: ProgressCallback | None, should_stop: StopCallback | None) -> TrainResult:
+    """The loop itself: step, evaluate when due, checkpoint when due, report; stop when asked."""
     batches = _micro_batches([len(ex.input_ids) for ex in train_data], config, run.state)
-    metrics = _MetricsLog(out_dir / METRICS_NAME, run.state.step)
+    metrics = _MetricsLog(out_dir / METRICS_NAME, run.state.step) if out_dir is not None else None
     clock = _Clock(run.state)
     last: ProgressEvent | None = None
     val_loss = None
@@ -194,18 +258,20 @@ def train(
         if val_data and _due(event.step, run.total, config.eval_every):
             val_loss = event.val_loss = evaluate(run.prepared.model, val_data, config.batch_size, pad_token_id)
         stop = broadcast_flag(bool(should_stop and should_stop()))
-        if stop or _due(event.step, run.total, config.save_every):
+        if out_dir is not None and (stop or _due(event.step, run.total, config.save_every)):
             event.checkpoint = _save(out_dir, run)
         if is_main():
-            metrics.write(event)
+            if metrics is not None:
+                metrics.write(event)
             if progress:
                 progress(event)
         if stop:
             raise TrainingCancelled(f"training stopped at step {event.step}; resume from {event.checkpoint}")
         last = event
+    run.prepared.model.eval()
     loss = last.loss if last else None
     report = {"steps": run.state.step, "total_steps": run.total, "trained_tokens": run.state.trained_tokens,
-              "final_loss": loss, "val_loss": val_loss,
+              "final_loss": loss, "val_loss": val_loss, "n_train": len(train_data), "n_validation": len(val_data),
               "parameters": count_parameters(run.prepared.model, run.masters.model_params),
               "optimizer_state_bytes": state_bytes(run.optimizer)}
     return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)

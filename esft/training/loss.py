@@ -1,4 +1,8 @@
-"""The training objective shared by ESFT and the baselines: next-token cross-entropy on label tokens only."""
+"""The training objective of every method: next-token cross-entropy on label tokens only (shifted here).
+
+Labels arrive aligned with ``input_ids`` (``esft.data.tokenize``); this module shifts them, so the model is
+called without ``labels`` and its own loss is never used.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from esft.adapters import ESFTAdapter, applied, apply_adapter, restore
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from esft.errors import AdapterMismatchError, ConfigError
-from esft.training.freeze import prepare_model
+from esft.methods.esft import get_esft_model
 from tests.conftest import CORE_FAMILIES
 
 
@@ -43,7 +43,7 @@ def test_apply_restore_merge_round_trip(family, model_dirs, chat_data, tmp_path)
 
     # The trained model itself: base + split twin loaded from the adapter's own weights.
     trained, _ = workflows.load_model(model_dir)
-    prepared = prepare_model(trained, adapter.expert_config)
+    prepared = get_esft_model(trained, adapter.expert_config)
     with torch.no_grad():
         for key, tensor in adapter.tensors.items():
             layer = next(ly for ly in prepared.layers if key.startswith(ly.experts_name + "."))
@@ -101,3 +101,20 @@ def test_corrupt_or_incomplete_adapter_is_rejected(model_dirs, chat_data, tmp_pa
     (out.adapter_dir / ADAPTER_CONFIG_NAME).unlink()
     with pytest.raises(ConfigError, match="not an ESFT adapter"):
         ESFTAdapter.from_pretrained(out.adapter_dir)
+
+
+def test_merge_adapter_is_a_deprecated_alias_of_load_adapter_fold(tmp_path):
+    from esft import get_esft_model, load_adapter
+    from esft.adapters import merge_adapter
+    from esft.models.toy import toy_model
+
+    prepared = get_esft_model(toy_model("qwen3_moe", layers=1, experts=4), {"experts": {"0": [1, 2]}})
+    with torch.no_grad():
+        for param in prepared.trainable_parameters().values():
+            param.add_(0.5)
+    prepared.save_pretrained(tmp_path / "adapter")
+    with pytest.warns(DeprecationWarning, match="load_adapter"):
+        merged = merge_adapter(toy_model("qwen3_moe", layers=1, experts=4), prepared.adapter())
+    folded = load_adapter(toy_model("qwen3_moe", layers=1, experts=4), tmp_path / "adapter").fold()
+    pairs = zip(merged.state_dict().values(), folded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

@@ -169,9 +169,44 @@ def test_baseline_methods_train_through_the_same_command(method, tmp_path, model
                   "--out", tmp_path / method, "--max-steps", "2", "--lr", "1e-3")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / method / "train_report.json").read_text())
-    assert report["trainable_parameters"] > 0
+    assert report["method"] == method and report["parameters"]["trainable"] > 0
 
 
 def test_esft_method_needs_an_expert_config(tmp_path, model_dirs, chat_data):
     result = _run("train", "--model", model_dirs("qwen3_moe"), "--data", chat_data, "--out", tmp_path / "a")
-    assert result.exit_code != 0 and "--expert-config" in result.output
+    assert result.exit_code == 2 and "--expert-config" in result.output
+
+
+def test_expert_config_is_refused_for_fft_and_lora(tmp_path, model_dirs, chat_data):
+    experts = tmp_path / "experts.json"
+    experts.write_text(json.dumps({"experts": {"0": [1]}}))
+    result = _run("train", "--model", model_dirs("qwen3_moe"), "--data", chat_data, "--method", "lora",
+                  "--expert-config", experts, "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "--expert-config" in result.output and not (tmp_path / "a").exists()
+
+
+def test_merge_into_an_existing_directory_names_out(tmp_path, model_dirs):
+    (tmp_path / "merged").mkdir()
+    result = _run("merge", "--model", model_dirs("qwen3_moe"), "--adapter", tmp_path / "adapter",
+                  "--out", tmp_path / "merged")
+    assert result.exit_code == 2 and "--out" in result.output and "Traceback" not in result.output
+
+
+def test_plot_metrics_defaults_to_loss_png(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 4)))
+    result = _run("plot", "--metrics", metrics)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "loss.png").is_file() and not (tmp_path / "scores.png").exists()
+
+
+def test_toy_model_pretrain_honours_the_size_flags_and_rejects_other_families(tmp_path):
+    result = _run("toy-model", tmp_path / "m", "--pretrain", "--layers", "1", "--experts", "8", "--top-k", "2",
+                  "--hidden", "32", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["n_routed_experts"], config["num_experts_per_tok"],
+            config["hidden_size"]) == (1, 8, 2, 32)
+    assert _run("toy-model", tmp_path / "q", "--pretrain", "--family", "qwen3_moe").exit_code == 2
+    assert _run("toy-model", tmp_path / "s", "--steps", "5").exit_code == 2

@@ -84,10 +84,10 @@ def test_existing_checkpoints_need_resume(model_dirs, chat_data, tmp_path):
 
 def test_bf16_training_keeps_fp32_masters(model_dirs, chat_data, tmp_path):
     """At lr 1e-5 a bf16-only update rounds away; fp32 masters accumulate it."""
-    from esft.training.freeze import prepare_model
+    from esft.methods.esft import get_esft_model
 
     model, _ = workflows.load_model(model_dirs("mixtral"), dtype="bfloat16")
-    prepared = prepare_model(model, ExpertConfig({0: [1, 2]}))
+    prepared = get_esft_model(model, ExpertConfig({0: [1, 2]}))
     params = prepared.trainable_parameters()
     assert params and all(p.dtype == torch.float32 for p in params.values())
     out = workflows.train(

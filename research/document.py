@@ -1,0 +1,262 @@
+"""Assembles ``docs/results.md`` from the comparison's results (sections in ``research.report``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from esft.synthetic.tasks import GENERAL_TASKS, TASKS
+from research import report as r
+
+
+def _cpu(results: dict[str, Any]) -> str:
+    if "cpu_seconds" not in results:
+        return ""
+    cpu = results["cpu_seconds"] / 60
+    return (f"; CPU time {cpu:.0f} min, i.e. about {cpu / 2:.0f} min on two dedicated cores (this machine's 2 cores "
+            "were shared with other jobs, so wall time ran longer)")
+
+
+def _setup(results: dict[str, Any]) -> list[str]:
+    pre, cfg = results["pretrain"], results["config"]
+    p = pre["config"]
+    scores = ", ".join(f"{k} {v * 100:.0f}" for k, v in pre["general_scores"].items())
+    lines = [
+        "## Setup",
+        "",
+        f"- **Base model**: DeepSeek-V2 family (`deepseek_v2` in transformers), {p['layers']} MoE layers, hidden "
+        f"{p['hidden']}, {p['experts']} routed experts top-{p['top_k']} with group-limited routing "
+        f"({p['n_group']} groups, {p['topk_group']} per token) + {p['shared_experts']} shared experts, "
+        f"character-level tokenizer; {pre['parameters']:,} parameters. Pretrained from scratch for {p['steps']} "
+        f"steps of {p['batch_size']} chat examples (lr {p['learning_rate']}, balance loss {p['balance_coef']}) "
+        f"in {pre['train_seconds'] / 60:.1f} min on {pre['threads']} CPU thread(s).",
+        f"- **General ability** = mean exact match over held-out samples of the {len(GENERAL_TASKS)} pretraining "
+        f"tasks ({cfg['sizes']['n_general']} each); for an enhancement task that practises a pretraining task "
+        f"(its *skill*), that task is left out of its general score. Base model: {pre['general_mean'] * 100:.1f} "
+        f"over all six ({scores}).",
+        "- **Tasks** (exact match on the whole answer, several phrasings per instruction):",
+        "",
+        "| Task | Setting | What it is | Base task EM |",
+        "|---|---|---|---|",
+    ]
+    for task in cfg["tasks"]:
+        base = r._base(results, task)["test_accuracy"]
+        lines.append(f"| {task} | {TASKS[task].kind} | {TASKS[task].description} | {base * 100:.1f} |")
+    s = cfg["sizes"]
+    lines += [
+        "",
+        f"- **Protocol**: every method trains on the same {s['n_train']} examples for {cfg['steps']} steps of "
+        f"batch {cfg['batch_size']} (AdamW, cosine schedule, 10% warmup, clip 1.0). Each method sweeps its own "
+        "learning rates with seed 0 and keeps the one with the best validation exact match "
+        f"({s['n_val']} examples; ties go to the lower validation loss); that rate then runs with seeds "
+        f"{', '.join(map(str, cfg['seeds'][1:]))}. Tables show mean ± std over {len(cfg['seeds'])} seeds on "
+        f"{s['n_test']} test examples. ESFT experts are scored on the training examples and selected per layer "
+        "with the top-p rule (Token p=0.2, Gate p=0.1); *(answer)* scores only assistant tokens; *Random experts* "
+        "has ESFT-Token's count per layer with random ids (a new draw per seed). FFT trains every parameter; "
+        "LoRA is rank 8 (alpha 16) on every `nn.Linear` except the LM head, i.e. attention and shared experts "
+        "(the routed experts are fused 3-D parameters, not `nn.Linear`, and stay frozen, as does the router).",
+        "- **Costs**: *Adapter* is what must be stored per task (ESFT: trained expert rows; FFT: the whole model; "
+        "LoRA: A/B matrices), in fp32, with its share of the model. *Optim. state* is the AdamW moments of what "
+        "trains. *Peak RSS Δ* is the process's peak resident memory during training above its level before it "
+        "(Linux `VmHWM`; noisy at this size). *Train s* is wall time on a shared 2-core CPU (other jobs ran "
+        "beside it), so compare it only roughly.",
+    ]
+    return lines
+
+
+def _stops_working(results: dict[str, Any]) -> list[str]:
+    """Plain statements for tasks where ESFT falls well short of FFT, with what the variants change."""
+    lines = []
+    for task in results["config"]["tasks"]:
+        fft = r._gain(results, task, "FFT")
+        best = max(r.ESFT_MAIN, key=lambda m: r._gain(results, task, m))
+        if fft <= 0 or r._gain(results, task, best) >= 0.5 * fft:
+            continue
+        parts = []
+        for method in ("ESFT-Token +shared", "ESFT-Token +non-expert", "LoRA"):
+            if r._row(results, task, method) is not None:
+                parts.append(f"{method} {r._gain(results, task, method) * 100:+.1f} "
+                             f"(general drop {r._drop(results, task, method) * 100:+.1f})")
+        lines.append(
+            f"- **{task}** ({TASKS[task].kind}): the best ESFT ({best}) gains "
+            f"{r._gain(results, task, best) * 100:+.1f} points where FFT gains {fft * 100:+.1f} "
+            f"(general drop {r._drop(results, task, 'FFT') * 100:+.1f}). Others: {'; '.join(parts)}."
+        )
+    return lines or ["- On every task the best ESFT method reached at least half of FFT's task gain."]
+
+
+# Hand-written reading of the recorded run (docs/results/method_comparison.json); shown only for that base
+# model and task set, since its numbers are quoted from that run.
+_RECORDED = ("af57dd65271e", ("reverse_plus", "facts_new", "keyword"))
+_INTERPRETATION = """## Interpretation of the recorded run
+
+1. **Routing specialises; Figures 2 and 3 reproduce.** The top 20% of experts carry 51% of a task's gate mass
+   (uniform: 19%); the ranking is stable within a task (overlap 0.91) and differs between pretraining tasks
+   (0.24). Concentration alone is not the evidence: the random routers of the untrained model concentrate even
+   more (59%). What pretraining creates is task-specificity (cross-task overlap 0.81 before, 0.24 after).
+   Fine-tuning tasks route like the skill they reuse (reverse_plus and reverse 0.88, facts_new and capital 0.88,
+   the new keyword and upper 0.54), so routing does find "the experts that know this", which is ESFT's premise.
+2. **General ability: ESFT forgets least on every task.** On the enhancement task it loses nothing
+   (66.8 to 66.8) where FFT loses 40 points and LoRA 32. On the adaptation tasks every method forgets a lot at the
+   rate that is best for the task. ESFT forgets less (facts_new: 39-46 points against 60; keyword: 31-45 against
+   60). ESFT forgets where routing overlaps: after facts_new, `capital` falls from 100 to 0-5 under every ESFT
+   variant, because new and old facts route to the same experts. ESFT protects what the task's experts do not
+   serve.
+3. **Task gain: "ESFT matches FFT" does not hold at this scale.** ESFT-Token reaches 17% (reverse_plus), 51%
+   (facts_new; 66% with answer-token scoring) and 14% (keyword) of FFT's gain. Reversal is a copy-by-position
+   skill, i.e. attention. Training its routed experts barely moves it (+2.4), and at a matched general-ability
+   cost FFT does as well: at lr 1e-4 it gains +4.0 for a 0.6-point drop (sweep appendix). Experts alone learn
+   much only where the new content suits a feed-forward layer (facts), and there ESFT wins at a matched cost:
+   ESFT-Token (answer) at lr 1e-2 gains +55 for a 34-point general drop, where FFT at 3e-4 gains +4 for 35
+   (see the sweep figure). Selecting each method's rate by task score alone, as the protocol does, pushes FFT to
+   rates that trade everything for the task.
+4. **ESFT stops working on new instructions.** A new keyword for a known procedure is not learnable through the
+   routed experts (about 6% at best, as the issue's earlier new-cipher experiment found). Every method that trains
+   attention learns it (FFT 45%, LoRA 41%, +non-expert modules 43%), at a near-total loss of general ability.
+5. **Variants (paper Table 3).** Also training the shared experts lifts facts_new from 46% to 95% (above FFT's
+   91%) and keyword to 16%, with forgetting close to FFT's. Also training the non-expert modules behaves like
+   FFT. The paper's direction holds (more task score, less general ability), with much larger effects here.
+6. **Scored vs random experts.** With the same count, scored experts learn more on facts_new (46 vs 17) and
+   keyword (6.2 vs 2.4) and forget less (on reverse_plus, random experts cost 6 general points, `upper` 77 to
+   52). On reverse_plus the task gains tie.
+7. **Cost.** ESFT adapters are 2.7-10.7% of the model's bytes and its optimizer state 3-11% of FFT's. Step time is
+   not consistently lower than FFT at this size: the split experts run two grouped matmuls per layer (frozen +
+   trained), which likely outweighs the smaller backward pass in a 3.7M-parameter model.
+8. **Default scoring: token scores on answer tokens.** Token beats gate at the paper's thresholds (mean task EM
+   29.3 vs 22.9; gate at p=0.1 also trains fewer than half as many experts, 5 vs 12). Answer-token scoring matches
+   or beats all-token scoring (mean 33.0 vs 29.3; facts_new 59.8 ± 2.3 vs 46.4 ± 9.1, ties elsewhere). It selects
+   fewer experts (10 vs 12), reaches a lower validation loss (0.821 vs 0.883) and forgets less (general 35.0 vs
+   32.0). Only one of the three tasks separates the two; the direction agrees with the issue's earlier quick
+   experiment, where answer-token scoring also trained to a lower loss.
+   Gate scoring on answer tokens is worst (13.1): at p=0.1 it keeps about one expert per layer.
+"""
+
+
+def _interpretation(results: dict[str, Any]) -> list[str]:
+    recorded = (results["pretrain"]["config_key"], tuple(results["config"]["tasks"])) == _RECORDED
+    return _INTERPRETATION.splitlines() if recorded else []
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    """One bullet per task: base, ESFT-Token, FFT and LoRA task EM and general drop; plus routing and size."""
+    rs = r.routing_summary(results["routing"])
+    lines = ["## Summary", "",
+             f"- Routing: the top 20% of experts carry {rs['concentration_gate']:.0%} of a task's gate mass (uniform "
+             f"{rs['uniform']:.0%}); top-expert overlap {rs['same_task_overlap']:.2f} within a task, "
+             f"{rs['cross_task_overlap']:.2f} across pretraining tasks."]
+    for task in results["config"]["tasks"]:
+        base = r._base(results, task)
+        parts = [f"{m} {r._m(r._row(results, task, m), 'test_accuracy') * 100:.0f}% "
+                 f"(general {round(-r._drop(results, task, m) * 100):+d})"
+                 for m in ("ESFT-Token", "ESFT-Gate", "FFT", "LoRA") if r._row(results, task, m) is not None]
+        lines.append(f"- {task} ({TASKS[task].kind}), base {base['test_accuracy'] * 100:.0f}%, general "
+                     f"{base['general_mean'] * 100:.0f}%: " + "; ".join(parts) + ".")
+    token = [r._m(r._row(results, t, "ESFT-Token"), "adapter_bytes") for t in results["config"]["tasks"]]
+    lines.append(f"- ESFT-Token adapters: {min(token) / r._model_bytes(results):.1%} to "
+                 f"{max(token) / r._model_bytes(results):.1%} of the model's bytes (FFT: 100%).")
+    return lines
+
+
+def _scoring(results: dict[str, Any]) -> list[str]:
+    table, best = r.scoring_finding(results)
+    return [
+        "## Which scoring to use",
+        "",
+        "Token vs gate scores, and scoring all tokens vs only the answer (assistant) tokens, averaged over tasks "
+        "(each at its own best learning rate):",
+        "",
+        *table,
+        "",
+        f"Best mean task exact match: **{best}** (ties broken by validation loss).",
+    ]
+
+
+_CAVEATS = [
+    "## How to read these results",
+    "",
+    "- **Scale.** A {params}-parameter model pretrained for minutes is not DeepSeek-V2-Lite. Routing statistics and "
+    "the ranking of methods are the transferable part; absolute scores are not.",
+    "- **Exact match by teacher forcing.** A reply counts as correct when, at every answer position up to the "
+    "end-of-turn token, the model's argmax is the reference token: exactly when greedy decoding writes the "
+    "reference. A test checks the rule with an oracle model, and on the pretrained base it agreed with real greedy "
+    "decoding on 90 of 90 prompts.",
+    "- **Noise.** A verdict is *within noise* when the margin is no larger than the larger seed std of the two "
+    "methods; three seeds are few, so read stds as rough.",
+    "- **Learning rates.** Each method gets its own grid ({grids}; see the appendix). A chosen rate at the edge "
+    "of its grid means the optimum may lie beyond it.",
+    "",
+]
+
+
+def _caveats(results: dict[str, Any]) -> list[str]:
+    grids = {}
+    for method in results["config"]["methods"]:
+        kind = method["kind"].upper() if method["kind"] != "lora" else "LoRA"
+        grids[kind] = "/".join(f"{lr:.0e}" for lr in method["learning_rates"])
+    edges = _grid_edges(results)
+    params = f"{results['pretrain']['parameters'] / 1e6:.1f}M"
+    grid_text = ", ".join(f"{k} {v}" for k, v in grids.items())
+    lines = [line.replace("{grids}", grid_text).replace("{params}", params) for line in _CAVEATS]
+    if edges:
+        lines.insert(-1, f"  In this run the chosen rate was the grid's largest for: {', '.join(edges)}.")
+    return lines
+
+
+def _grid_edges(results: dict[str, Any]) -> list[str]:
+    """``task/method`` pairs whose chosen learning rate is the largest of the method's grid."""
+    grids = {m["name"]: m["learning_rates"] for m in results["config"]["methods"]}
+    return [f"{row['task']}/{row['method']}" for row in results["table"]
+            if len(grids[row["method"]]) > 1 and row["learning_rate"] == max(grids[row["method"]])]
+
+
+def write_results(results: dict[str, Any], out_md: str | Path, plots_dir: str | Path, command: str) -> Path:
+    """Write the results page; figures go to ``plots_dir`` and are linked relative to ``out_md``."""
+    out_md, plots_dir = Path(out_md), Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    r.plot_methods(results, plots_dir / "method_comparison.png")
+    r.plot_tradeoff(results, plots_dir / "tradeoff.png")
+    r.plot_sweep(results, plots_dir / "sweep_tradeoff.png")
+    rel = Path(os.path.relpath(plots_dir, out_md.parent))
+
+    def image(name: str) -> str:
+        return f"![{name}]({(rel / name).as_posix()})"
+
+    lines = [
+        "# ESFT at small scale: does it work?",
+        "",
+        "Generated by the command below; every number and verdict on this page is computed from its run.",
+        "",
+        f"```\n{command}\n```",
+        "",
+        results.get("timing_note") or f"Total wall time: {results['seconds'] / 60:.1f} min (pretraining included "
+        f"unless cached){_cpu(results)}.",
+        "",
+        *_summary(results),
+        "",
+        *_interpretation(results),
+        "",
+        *_setup(results),
+        "",
+        "## Routing is concentrated and task-specific (paper Figures 2 and 3)",
+        "",
+        *r.routing_section(results, image),
+        "",
+        "## Method comparison",
+        "",
+    ]
+    for task in results["config"]["tasks"]:
+        lines += [f"### {task} ({TASKS[task].kind})", "", *r.method_table(results, task), "",
+                  "General ability by pretraining task (exact match %, after fine-tuning):", "",
+                  *r.general_breakdown(results, task), ""]
+    lines += [image("method_comparison.png"), "", image("tradeoff.png"), "",
+              "Every learning rate of the sweep (the last point of each line is the largest rate, labelled): "
+              "how much task gain each method buys per point of general ability lost.", "",
+              image("sweep_tradeoff.png"), "",
+              "## The paper's claims, checked", "", *r.claims(results), "",
+              "## Where the method stops working", "", *_stops_working(results), "",
+              *_scoring(results), "",
+              *_caveats(results), "## Appendix: learning-rate sweep (seed 0)", "", *r.sweep_table(results), ""]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines))
+    return out_md
