@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.errors import ServiceError
-from api.queue import Queue
+from api.core.errors import ServiceError
+from api.core.queue import Queue
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.services.auth import Principal, authenticate
-from api.settings import Settings
-from api.storage import LocalStorage
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `esft keys create`")
 

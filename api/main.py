@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from api.db.session import session_factory
+from api.core.db.session import session_factory
+from api.core.queue import CeleryQueue, Queue
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.limits import BodyLimitMiddleware
-from api.queue import CeleryQueue, Queue
 from api.routes import admin, files, health, jobs, models
-from api.settings import Settings
-from api.storage import LocalStorage
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         if migrate:
-            from api.migrate import upgrade
+            from api.core.migrate import upgrade
 
             upgrade(settings.database_url)
         yield

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esft.data.formats import iter_examples
-from worker.artifacts import (
+from api.core.artifacts import (
     EVAL_RESULTS,
     EXPERT_CONFIG,
     LOSS_PNG,
@@ -17,10 +19,9 @@ from worker.artifacts import (
     SCORES_PNG,
     TRAIN_DIR,
     TRAIN_REPORT,
-    copy_atomic,
-    metrics_csv,
-    write_json,
 )
+from esft.data.formats import iter_examples
+from esft.io import copy_file_atomic, write_json_atomic, write_text_atomic
 from worker.progress import Cancelled
 
 if TYPE_CHECKING:
@@ -49,12 +50,23 @@ def _same(answer: str, expected: str) -> bool:
     return answer.strip().lower() == expected.strip().lower()
 
 
+def metrics_csv(metrics_jsonl: Path, out: Path) -> None:
+    """One row per logged step, columns in a stable order (step first)."""
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    columns = sorted({key for row in rows for key in row if key != "checkpoint"} - {"step"})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=["step", *columns], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out, buffer.getvalue())
+
+
 def _reports(ctx: StepContext) -> None:
     """Copy the run's metrics next to the other artifacts and draw the pictures (best effort)."""
     train_dir = ctx.work / TRAIN_DIR
     for name in (METRICS_JSONL, TRAIN_REPORT):
         if (train_dir / name).is_file():
-            copy_atomic(train_dir / name, ctx.work / name)
+            copy_file_atomic(train_dir / name, ctx.work / name)
     if (ctx.work / METRICS_JSONL).is_file():
         metrics_csv(ctx.work / METRICS_JSONL, ctx.work / METRICS_CSV)
     drawings = (
@@ -96,7 +108,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
         "accuracy_base": sum(_same(r["base"], r["expected"]) for r in rows) / n,
         "accuracy_adapter": sum(_same(r["adapter"], r["expected"]) for r in rows) / n,
     }
-    write_json(out, {**summary, "examples": rows})
+    write_json_atomic(out, {**summary, "examples": rows})
     ctx.log(
         f"Evaluation on {len(rows)} examples: exact match"
         f" {summary['accuracy_adapter']:.0%} with the adapter, "

@@ -15,12 +15,13 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from api.db.models import BaseModel, File, Job
-from api.db.session import session_scope
-from api.queue import Queue
-from api.services import runs
-from api.settings import Settings
-from api.storage import LocalStorage
+from api.core import runs
+from api.core.artifacts import job_key
+from api.core.db.models import BaseModel, File, Job
+from api.core.db.session import session_scope
+from api.core.queue import Queue
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from esft.errors import ESFTError, TrainingCancelled
 from worker.library import Library, get_library
 from worker.progress import Cancelled, Heartbeat, ProgressReporter
@@ -65,7 +66,7 @@ def build_context(settings: Settings, lib: Library, job_id: str, owner: str, hea
         session.expunge(job)
     if base is None or not Path(base.path).is_dir():
         raise StepFailed("model_not_found", f"The base model {job.model!r} is no longer available.", param="model")
-    work = storage.path(f"jobs/{job.id}")
+    work = storage.path(job_key(job.id))
     work.mkdir(parents=True, exist_ok=True)
     reporter = ProgressReporter(settings.database_url, job_id, owner, heartbeat, throttle_s=settings.event_throttle_s)
     return StepContext(

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api.db.models import Job
-from api.settings import Settings
-from api.storage import LocalStorage
+from api.core.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, TRAIN_REPORT, VALIDATION_REPORT, job_key
+from api.core.db.models import Job
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, CHECKPOINTS_DIR
 from esft.data.formats import validate_jsonl
+from esft.io import sha256_file, write_json_atomic
 from worker import hyperparams
-from worker.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, VALIDATION_REPORT, write_json
 from worker.evaluation import evaluate
 from worker.library import Library
 from worker.progress import ProgressReporter
@@ -102,7 +103,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
         reports[param] = report
     train = reports["training_file"]
     resolved = hyperparams.resolve(ctx.job.hyperparameters, train["n_examples"], train["token_stats"], context)
-    write_json(out, {"reports": reports, "hyperparameters": resolved})
+    write_json_atomic(out, {"reports": reports, "hyperparameters": resolved})
     ctx.log(f"Files validated: {train['n_examples']} training examples; {resolved['total_steps']} steps planned.")
     return {"hyperparameters": resolved}
 
@@ -134,7 +135,7 @@ def has_checkpoint(train_dir: Path) -> bool:
 
 def train(ctx: StepContext) -> dict[str, Any]:
     train_dir = ctx.work / TRAIN_DIR
-    report_path = train_dir / "train_report.json"
+    report_path = train_dir / TRAIN_REPORT
     if (train_dir / ADAPTER_CONFIG_NAME).exists() and report_path.exists():
         return {"trained_tokens": json.loads(report_path.read_text()).get("trained_tokens")}
     config = TrainingConfig(**hyperparams.training_kwargs(ctx.job.hyperparameters, ctx.job.method, ctx.job.seed))
@@ -160,11 +161,10 @@ def _result_file(session, ctx: StepContext) -> list[str]:
     """Expose ``metrics.csv`` as a ``fine-tune-results`` file, as OpenAI's ``result_files`` do."""
     from sqlalchemy import select
 
-    from api.db.models import File
+    from api.core.db.models import File
     from api.services.common import new_id
-    from api.storage import sha256_file
 
-    key = f"jobs/{ctx.job.id}/{METRICS_CSV}"
+    key = f"{job_key(ctx.job.id)}/{METRICS_CSV}"
     path = ctx.storage.path(key)
     if not path.is_file():
         return []
@@ -185,7 +185,7 @@ def _result_file(session, ctx: StepContext) -> list[str]:
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
-    from api.db.session import session_scope
+    from api.core.db.session import session_scope
     from api.services.jobs import adapter_name
     from api.services.registry import register_adapter
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue as queue_module
 import threading
 
-from api.settings import Settings
+from api.core.settings import Settings
 from worker.library import Library
 from worker.runner import run_step
 

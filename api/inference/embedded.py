@@ -18,13 +18,13 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Adapter, BaseModel
+from api.core.db.models import Adapter, BaseModel
+from api.core.errors import ServiceError, not_found
+from api.core.storage import LocalStorage
 from api.deps import get_principal
-from api.errors import ServiceError, not_found
 from api.inference.routes import create_inference_router
 from api.services import registry
 from api.services.auth import authenticate
-from api.storage import LocalStorage
 from esft.serving import Engine, EngineConfig, Resolver
 
 

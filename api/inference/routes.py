@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ServiceError
+from api.core.errors import ServiceError
 from api.inference.bridge import AsyncRequest, call
 from api.inference.schemas import (
     AdapterPin,

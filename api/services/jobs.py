@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.db.models import BaseModel, Job
-from api.errors import ServiceError, not_found
-from api.queue import Queue
+from api.core import runs
+from api.core.db.models import BaseModel, Job
+from api.core.errors import ServiceError, not_found
+from api.core.queue import Queue
 from api.schemas.jobs import AutoValue, JobCreate, JobError, JobObject, JobProgress, Method
-from api.services import files, runs
+from api.services import files
 from api.services.common import new_id, page_newest_first, unix
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.errors import ConfigError

@@ -13,12 +13,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import Adapter, BaseModel, Job
-from api.errors import ServiceError, not_found
+from api.core.db.models import Adapter, BaseModel, Job
+from api.core.errors import ServiceError, not_found
+from api.core.storage import LocalStorage
 from api.schemas.models import ModelObject
 from api.services.common import unix
-from api.storage import LocalStorage, sha256_file
 from esft.errors import ESFTError
+from esft.io import sha256_file
 from esft.models.identity import model_identity
 
 ADAPTER_IGNORE = ("checkpoints",)

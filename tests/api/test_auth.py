@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from api.db.models import ApiKey
-from api.db.session import session_scope
+from api.core.db.models import ApiKey
+from api.core.db.session import session_scope
 from api.testing import assert_error, job_body
 
 PROTECTED = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from api.core.queue import RecordingQueue
 from api.main import create_app
-from api.queue import RecordingQueue
 from api.testing import assert_error
 
 

@@ -6,9 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from api.db.models import Base
-from api.db.session import make_engine
-from api.migrate import downgrade, upgrade
+from api.core.db.models import Base
+from api.core.db.session import make_engine
+from api.core.migrate import downgrade, upgrade
 
 
 def test_upgrade_from_empty_then_downgrade(tmp_path):

@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from api.cli import ensure_default_key, stop_process
-from api.db.session import session_scope
+from api.core.db.session import session_scope
+from api.core.migrate import upgrade
+from api.core.queue import CeleryQueue
+from api.core.settings import Settings
 from api.main import create_app
-from api.migrate import upgrade
-from api.queue import CeleryQueue
 from api.services.registry import add_base_model
-from api.settings import Settings
 from api.testing import LiveServer, toy_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]

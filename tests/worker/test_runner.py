@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from api.db.models import Job
-from api.db.session import session_scope
-from api.queue import STEPS
-from api.services import runs
+from api.core import runs
+from api.core.db.models import Job
+from api.core.db.session import session_scope
+from api.core.queue import STEPS
 from api.testing import job_body
 from esft.errors import UnsupportedModelError
 from worker.reaper import reap_once

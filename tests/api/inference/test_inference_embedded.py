@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from api.db.session import session_scope
+from api.core.db.session import session_scope
 from api.inference.embedded import mount_inference
 from api.services import registry
 from api.services.auth import authenticate

@@ -99,7 +99,7 @@ def test_failed_adapter_fails_only_its_requests(make_engine, solo):
     running = engine.submit(_request(engine, "math", PROMPTS[0], max_tokens=12))
     with pytest.raises(AdapterLoadError) as info:
         engine.submit(_request(engine, "alien", PROMPTS[0]))
-    assert info.value.code == "adapter_mismatch" and info.value.status == 400
+    assert info.value.code == "adapter_mismatch"
     with pytest.raises(UnknownModelError):
         engine.submit(_request(engine, "nope", PROMPTS[0]))
     assert running.result(60).token_ids == solo["math", PROMPTS[0]]

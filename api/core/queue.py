@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 STEPS = ("validate", "score", "select", "train", "evaluate", "register")
 TASK_NAMES = {step: f"esft.{step}" for step in STEPS}
