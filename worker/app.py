@@ -12,7 +12,7 @@ import logging
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from api.core.queue import celery_config
+from api.core.queue import CeleryQueue, celery_config
 from api.core.settings import Settings
 from worker import devices
 
@@ -25,16 +25,7 @@ app.conf.update(celery_config(settings))
 app.conf.update(imports=["worker.tasks"], worker_concurrency=1)
 
 
-class AppQueue:
-    """Enqueue the next step through this worker's own broker connection."""
-
-    def send(self, step: str, job_id: str, dispatch_id: str) -> None:
-        from api.core.queue import TASK_NAMES
-
-        app.send_task(TASK_NAMES[step], args=[job_id, dispatch_id], queue=settings.queue)
-
-
-queue = AppQueue()
+queue = CeleryQueue(settings, app)  # next steps leave through this worker's broker connection
 
 
 @worker_process_init.connect

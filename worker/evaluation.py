@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,35 @@ def eval_examples(path: Path, limit: int) -> list[tuple[Any, str]]:
         elif example.kind == "completion" and example.prompt:
             pairs.append((example.prompt, example.completion or ""))
     return pairs
+
+
+def compare_answers(
+    model_dir: Path,
+    adapter_dir: Path,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Answers of the base model and of the adapter to each prompt, loading the model once."""
+    from esft.adapters import ESFTAdapter, applied
+    from esft.generation import generate_text
+    from esft.workflows import load_model
+
+    model, tokenizer = load_model(model_dir)
+
+    def answers(net) -> list[str]:
+        out = []
+        for prompt in prompts:
+            if should_stop is not None and should_stop():
+                break
+            out.append(generate_text(net, tokenizer, prompt, max_new_tokens=max_new_tokens))
+        return out
+
+    base = answers(model)
+    with applied(model, ESFTAdapter.from_pretrained(adapter_dir)) as tuned:
+        tuned_answers = answers(tuned)
+    return base, tuned_answers
 
 
 def _same(answer: str, expected: str) -> bool:

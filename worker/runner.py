@@ -23,7 +23,7 @@ from api.core.queue import Queue
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from esft.errors import ESFTError, TrainingCancelled
-from worker.library import Library, get_library
+from worker.library import get_library
 from worker.progress import Cancelled, Heartbeat, ProgressReporter
 from worker.steps import STEP_FUNCTIONS, StepContext, StepFailed
 
@@ -56,7 +56,7 @@ def _event_logger(url: str, job_id: str):
     return log_event
 
 
-def build_context(settings: Settings, lib: Library, job_id: str, owner: str, heartbeat: Heartbeat) -> StepContext:
+def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartbeat) -> StepContext:
     storage = LocalStorage(settings.storage_dir)
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
@@ -73,7 +73,7 @@ def build_context(settings: Settings, lib: Library, job_id: str, owner: str, hea
         job=job,
         settings=settings,
         storage=storage,
-        lib=lib,
+        lib=get_library(),
         work=work,
         model_dir=Path(base.path),
         training_path=training,
@@ -100,11 +100,9 @@ def _fail(settings: Settings, job_id: str, owner: str, code: str, message: str, 
     return "failed"
 
 
-def _execute(
-    settings: Settings, lib: Library, step: str, job_id: str, owner: str, heartbeat: Heartbeat
-) -> dict[str, Any] | str:
+def _execute(settings: Settings, step: str, job_id: str, owner: str, heartbeat: Heartbeat) -> dict[str, Any] | str:
     try:
-        return STEP_FUNCTIONS[step](build_context(settings, lib, job_id, owner, heartbeat))
+        return STEP_FUNCTIONS[step](build_context(settings, job_id, owner, heartbeat))
     except (Cancelled, TrainingCancelled):
         return _stopped(settings, job_id, owner, step, heartbeat)
     except StepFailed as exc:
@@ -128,7 +126,6 @@ def run_step(
     *,
     settings: Settings,
     queue: Queue,
-    lib: Library | None = None,
     owner: str | None = None,
 ) -> str:
     """Run ``step`` of a job if this dispatch is current and the lease is free; returns the outcome."""
@@ -145,7 +142,7 @@ def run_step(
         ttl_s=settings.lease_ttl_s,
         interval_s=settings.heartbeat_interval_s,
     ) as heartbeat:
-        outcome = _execute(settings, lib or get_library(), step, job_id, owner, heartbeat)
+        outcome = _execute(settings, step, job_id, owner, heartbeat)
     if isinstance(outcome, str):
         return outcome
     if heartbeat.should_stop():

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from api.core.db.models import ApiKey
 from api.core.db.session import session_scope
-from api.testing import assert_error, job_body
+from tests.service_support import assert_error, job_body
 
 PROTECTED = [
     ("GET", "/v1/files"),

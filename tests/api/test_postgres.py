@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.testing import free_port
+from tests.service_support import free_port
 
 pytestmark = pytest.mark.slow
 

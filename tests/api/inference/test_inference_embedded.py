@@ -8,10 +8,10 @@ from api.core.db.session import session_scope
 from api.inference.embedded import mount_inference
 from api.services import registry
 from api.services.auth import authenticate
-from api.testing import assert_error
 from esft import workflows
 from esft.serving import EngineConfig
 from tests.esft.serving.serving_assets import PROMPTS
+from tests.service_support import assert_error
 
 
 def _chat(client, model: str, headers: dict | None = None):

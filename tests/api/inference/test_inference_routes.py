@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from api.testing import assert_error
 from esft import workflows
 from tests.esft.serving.serving_assets import PROMPTS
+from tests.service_support import assert_error
 
 
 def _chat(inference, model: str, prompt: str, **body):

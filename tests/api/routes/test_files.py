@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from api.core.db.models import File
 from api.core.db.session import session_scope
-from api.testing import assert_error, chat_rows, jsonl
+from tests.service_support import assert_error, chat_rows, jsonl
 
 
 def _stored(settings) -> tuple[int, list]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.testing import assert_error, chat_rows, job_body, jsonl
+from tests.service_support import assert_error, chat_rows, job_body, jsonl
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Test support for the service: tiny datasets, job bodies, error checks and pytest fixtures.
 
-Test folders import the fixtures into their ``conftest.py`` (``from api.testing import client, ...``).
+Test folders import the fixtures into their ``conftest.py`` (``from tests.service_support import client, ...``);
+nothing in the service packages imports this module (or pytest).
 """
 
 from __future__ import annotations
