@@ -28,3 +28,18 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m api.core.migrate [REVISION]``: upgrade the configured database (what docker-compose runs)."""
+    import argparse
+
+    from api.core.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="python -m api.core.migrate", description=main.__doc__)
+    parser.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    upgrade(Settings().database_url, parser.parse_args(argv).revision)
+
+
+if __name__ == "__main__":
+    main()
