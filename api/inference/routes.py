@@ -53,6 +53,7 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
         top_p=body.top_p,
         stop=body.stop_strings(),
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
 
 
