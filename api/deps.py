@@ -46,8 +46,10 @@ def get_principal(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller, checked once per request and kept on ``request.state.principal`` for later steps to reuse."""
     header = f"Bearer {credentials.credentials}" if credentials else request.headers.get("authorization")
-    return authenticate(session, header)
+    request.state.principal = authenticate(session, header)
+    return request.state.principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

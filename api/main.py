@@ -66,12 +66,14 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     migrate = settings.auto_migrate if migrate is None else migrate
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
         if migrate:
             from api.core.migrate import upgrade
 
             upgrade(settings.database_url)
         yield
+        for close in reversed(app.state.shutdown_hooks):  # e.g. the inference engines mounted on this app
+            close()
 
     app = FastAPI(
         title="ESFT fine-tuning service",
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.session_factory = session_factory(settings.database_url)
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
+    app.state.shutdown_hooks = []
     for module in (files, jobs, models, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
