@@ -105,9 +105,7 @@ def _execute(settings: Settings, step: str, job_id: str, owner: str, heartbeat: 
         return STEP_FUNCTIONS[step](build_context(settings, job_id, owner, heartbeat))
     except (Cancelled, TrainingCancelled):
         return _stopped(settings, job_id, owner, step, heartbeat)
-    except StepFailed as exc:
-        return _fail(settings, job_id, owner, exc.code, exc.message, exc.param)
-    except ESFTError as exc:
+    except ESFTError as exc:  # StepFailed, library errors and ServiceErrors alike: code, message, param
         return _fail(settings, job_id, owner, exc.code, exc.message, exc.param)
     except OperationalError as exc:
         with session_scope(settings.database_url) as session:

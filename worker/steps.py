@@ -19,6 +19,7 @@ from api.core.storage import LocalStorage
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, CHECKPOINTS_DIR
 from esft.data.formats import validate_jsonl
+from esft.errors import ESFTError
 from esft.io import sha256_file, write_json_atomic
 from worker import hyperparams
 from worker.evaluation import evaluate
@@ -26,12 +27,11 @@ from worker.library import Library
 from worker.progress import ProgressReporter
 
 
-class StepFailed(Exception):
-    """A failure the user must fix; becomes the job's ``error``."""
+class StepFailed(ESFTError):
+    """A failure the user must fix; becomes the job's ``error`` (the library's code/message/param base)."""
 
     def __init__(self, code: str, message: str, param: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+        super().__init__(message, code=code, param=param)
 
 
 @dataclass

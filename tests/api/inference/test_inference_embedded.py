@@ -32,13 +32,18 @@ def _chat(client, model: str, headers: dict | None = None):
     return client.post("/v1/chat/completions", json=body, headers=headers or {})
 
 
-def test_embedded_inference_serves_registry_adapters_per_project(
-    client, settings, auth, other_auth, base_model, assets
-):
+def _register_math(client, settings, auth, base_model, assets) -> None:
+    """Register the ``math`` test adapter as ``ft:toy:math`` in the project of ``auth``."""
     with session_scope(settings.database_url) as session:
         project = authenticate(session, auth["Authorization"]).project_id
         job = SimpleNamespace(id="ftjob-inference", project_id=project, model=base_model)
         registry.register_adapter(session, client.app.state.storage, job, "ft:toy:math", assets.adapters["math"])
+
+
+def test_embedded_inference_serves_registry_adapters_per_project(
+    client, settings, auth, other_auth, base_model, assets
+):
+    _register_math(client, settings, auth, base_model, assets)
     engine = mount_inference(client.app, base_model, EngineConfig(max_new_tokens=12))
     try:
         reply = _chat(client, "ft:toy:math", auth)
@@ -85,10 +90,7 @@ def _count_hashes(monkeypatch) -> Counter:
 def test_one_pass_per_request_key_and_adapter_row_read_once_weights_hashed_once(
     client, settings, auth, base_model, assets, monkeypatch
 ):
-    with session_scope(settings.database_url) as session:
-        project = authenticate(session, auth["Authorization"]).project_id
-        job = SimpleNamespace(id="ftjob-onepass", project_id=project, model=base_model)
-        registry.register_adapter(session, client.app.state.storage, job, "ft:toy:math", assets.adapters["math"])
+    _register_math(client, settings, auth, base_model, assets)
     pool = mount_inference_pool(client.app, EngineConfig(max_new_tokens=12))
     hashed = _count_hashes(monkeypatch)
     try:
