@@ -61,7 +61,11 @@ def _custom_openapi(app: FastAPI):
 
 
 def create_app(settings: Settings | None = None, *, queue: Queue | None = None, migrate: bool | None = None) -> FastAPI:
-    """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker."""
+    """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker.
+
+    Whatever is mounted later and must be released at shutdown (inference engines) appends its close
+    function to ``app.state.shutdown_hooks``; the lifespan calls them in reverse order.
+    """
     settings = settings or Settings()
     migrate = settings.auto_migrate if migrate is None else migrate
 
