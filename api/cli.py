@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Service data folder (default $ESFT_DATA_DIR or ./.esft).")
@@ -33,8 +33,8 @@ def ensure_default_key(settings: Settings) -> str | None:
     """On first start, create an admin key for project ``default``, kept in ``<data_dir>/api_key`` (0600)."""
     from sqlalchemy import func, select
 
-    from api.db.models import ApiKey
-    from api.db.session import session_scope
+    from api.core.db.models import ApiKey
+    from api.core.db.session import session_scope
     from api.services.auth import create_key
 
     with session_scope(settings.database_url) as session:
@@ -97,9 +97,9 @@ def serve(
     """Run the API and a worker on this machine: SQLite, filesystem broker, local storage, CPU or GPU."""
     import uvicorn
 
+    from api.core.migrate import upgrade
+    from api.core.queue import ensure_broker_dirs
     from api.main import create_app
-    from api.migrate import upgrade
-    from api.queue import ensure_broker_dirs
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -165,9 +165,9 @@ def models_add(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Register a local base model directly in the database (admin, this machine)."""
-    from api.db.session import session_scope
-    from api.errors import ServiceError
-    from api.migrate import upgrade
+    from api.core.db.session import session_scope
+    from api.core.errors import ServiceError
+    from api.core.migrate import upgrade
     from api.services.registry import add_base_model, base_public
 
     settings = _settings(data_dir)
@@ -188,8 +188,8 @@ def keys_create(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create an API key (printed once; only its sha256 is stored)."""
-    from api.db.session import session_scope
-    from api.migrate import upgrade
+    from api.core.db.session import session_scope
+    from api.core.migrate import upgrade
     from api.services.auth import create_key
 
     settings = _settings(data_dir)

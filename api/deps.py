@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.errors import ServiceError
-from api.queue import Queue
+from api.core.errors import ServiceError
+from api.core.queue import Queue
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.services.auth import Principal, authenticate
-from api.settings import Settings
-from api.storage import LocalStorage
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `esft keys create`")
 
@@ -46,8 +46,10 @@ def get_principal(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller, checked once per request and kept on ``request.state.principal`` for later steps to reuse."""
     header = f"Bearer {credentials.credentials}" if credentials else request.headers.get("authorization")
-    return authenticate(session, header)
+    request.state.principal = authenticate(session, header)
+    return request.state.principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

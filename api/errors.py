@@ -1,4 +1,4 @@
-"""Service errors and the one translation of every failure into the OpenAI error envelope.
+"""The one translation of every failure into the OpenAI error envelope.
 
 Every response that is not a success carries ``{"error": {"message", "type", "param", "code"}}``: our own
 ``ServiceError``s, library ``ESFTError``s, FastAPI's 404/405/422, oversized bodies and unexpected exceptions
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.core.errors import ServiceError
 from esft.errors import ESFTError
 
 log = logging.getLogger(__name__)
@@ -33,23 +34,6 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
-
-
-class ServiceError(Exception):
-    """A failure the client can act on; ``status`` is the HTTP status, ``code`` a stable machine code."""
-
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers
-
-
-def not_found(kind: str, ident: str, *, param: str | None = None) -> ServiceError:
-    """404 for a missing id; also used for ids of another project, so existence never leaks."""
-    return ServiceError(404, f"No {kind} with id {ident!r} found.", code=f"{kind}_not_found", param=param)
 
 
 def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from api.db.session import session_factory
+from api.core.db.session import session_factory
+from api.core.queue import CeleryQueue, Queue
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.limits import BodyLimitMiddleware
-from api.queue import CeleryQueue, Queue
 from api.routes import admin, files, health, jobs, models
-from api.settings import Settings
-from api.storage import LocalStorage
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
@@ -71,17 +71,23 @@ def _custom_openapi(app: FastAPI):
 
 
 def create_app(settings: Settings | None = None, *, queue: Queue | None = None, migrate: bool | None = None) -> FastAPI:
-    """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker."""
+    """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker.
+
+    Whatever is mounted later and must be released at shutdown (inference engines) appends its close
+    function to ``app.state.shutdown_hooks``; the lifespan calls them in reverse order.
+    """
     settings = settings or Settings()
     migrate = settings.auto_migrate if migrate is None else migrate
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
         if migrate:
-            from api.migrate import upgrade
+            from api.core.migrate import upgrade
 
             upgrade(settings.database_url)
         yield
+        for close in reversed(app.state.shutdown_hooks):  # e.g. the inference engines mounted on this app
+            close()
 
     app = FastAPI(
         title="ESFT fine-tuning service",
@@ -95,6 +101,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.session_factory = session_factory(settings.database_url)
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
+    app.state.shutdown_hooks = []
     for module in (files, jobs, models, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)

@@ -9,9 +9,9 @@ from typing import Any
 
 
 def build_schema() -> dict[str, Any]:
+    from api.core.queue import RecordingQueue
+    from api.core.settings import Settings
     from api.main import create_app
-    from api.queue import RecordingQueue
-    from api.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Settings(data_dir=Path(tmp)), queue=RecordingQueue(), migrate=False)

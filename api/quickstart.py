@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 TOY_MODEL_ID = "esft-toy"
 # The built-in task: a fixed mapping no pretrained knowledge gives away (colour -> code word).

@@ -224,7 +224,7 @@ def plot(
 def inspect(model: ModelOpt) -> None:
     """Show the MoE layout ESFT finds in a model (layers, experts, shared experts)."""
     from esft.models.discovery import find_moe_layers
-    from esft.workflows import load_model
+    from esft.models.loading import load_model
 
     with _errors():
         loaded, _ = load_model(model, device="cpu")

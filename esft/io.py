@@ -18,14 +18,28 @@ from typing import Any
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON (sorted keys, indented) to a temp file beside ``path`` and rename it into place."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place (readers see old or new)."""
+    _write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def copy_file_atomic(source: str | Path, target: str | Path) -> None:
+    """Copy ``source`` to ``target`` through a temp file beside ``target``, so a copy is never half-made."""
+    with open(source, "rb") as src:
+        _write_atomic(target, lambda handle: shutil.copyfileobj(src, handle))
+
+
+def _write_atomic(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide artifacts from a service reading them as another user
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

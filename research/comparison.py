@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from esft.config import SelectionConfig
+from esft.models.loading import load_model
 from esft.selection import select_experts
 from esft.synthetic.pretrain import PretrainConfig, build_model, pretrain
 from esft.synthetic.tasks import TASKS, sample_rows, task_splits
-from esft.workflows import load_model
 from research.cache import RunCache
 from research.routing import RoutingReport, analyse, plot_concentration, plot_overlap, task_scores
 from research.runs import Job, Method, Sizes, run_job

@@ -21,9 +21,9 @@ from esft.config import TrainingConfig
 from esft.evaluation import EvalResult, exact_match, stop_token_id, tokenize_rows
 from esft.expert_config import ExpertConfig
 from esft.methods import get_model
+from esft.models.loading import load_model
 from esft.synthetic.tasks import TASKS, general_eval_rows, task_splits
 from esft.training.loop import train
-from esft.workflows import load_model
 
 MethodKind = Literal["base", "esft", "fft", "lora"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from api.core.settings import Settings
 from api.services import job_options
-from api.settings import Settings
 from esft.cli import app
 from esft.config import (
     AUTO_RULES,

@@ -1,6 +1,6 @@
 """The Celery app and its delivery policy; start with ``celery -A worker.app worker -Q esft -c 1``.
 
-Policy (from ``api.queue.celery_config``): JSON only, ``acks_late``, ``reject_on_worker_lost``, prefetch 1.
+Policy (from ``api.core.queue.celery_config``): JSON only, ``acks_late``, ``reject_on_worker_lost``, prefetch 1.
 The parent process never imports torch: tasks import the library lazily inside the forked child, so CUDA is
 never initialised before fork. Each worker also runs the reaper thread.
 """
@@ -12,8 +12,8 @@ import logging
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from api.queue import celery_config
-from api.settings import Settings
+from api.core.queue import CeleryQueue, celery_config
+from api.core.settings import Settings
 from worker import devices
 
 log = logging.getLogger(__name__)
@@ -25,16 +25,7 @@ app.conf.update(celery_config(settings))
 app.conf.update(imports=["worker.tasks"], worker_concurrency=1)
 
 
-class AppQueue:
-    """Enqueue the next step through this worker's own broker connection."""
-
-    def send(self, step: str, job_id: str, dispatch_id: str) -> None:
-        from api.queue import TASK_NAMES
-
-        app.send_task(TASK_NAMES[step], args=[job_id, dispatch_id], queue=settings.queue)
-
-
-queue = AppQueue()
+queue = CeleryQueue(settings, app)  # next steps leave through this worker's broker connection
 
 
 @worker_process_init.connect

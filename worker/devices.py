@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 
 def configure(settings: Settings) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esft.data.formats import iter_examples
-from worker.artifacts import (
+from api.core.artifacts import (
     EVAL_RESULTS,
     EXPERT_CONFIG,
     LOSS_PNG,
@@ -17,10 +20,9 @@ from worker.artifacts import (
     SCORES_PNG,
     TRAIN_DIR,
     TRAIN_REPORT,
-    copy_atomic,
-    metrics_csv,
-    write_json,
 )
+from esft.data.formats import iter_examples
+from esft.io import copy_file_atomic, write_json_atomic, write_text_atomic
 from worker.progress import Cancelled
 
 if TYPE_CHECKING:
@@ -45,8 +47,48 @@ def eval_examples(path: Path, limit: int) -> list[tuple[Any, str]]:
     return pairs
 
 
+def compare_answers(
+    model_dir: Path,
+    adapter_dir: Path,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Answers of the base model and of the adapter to each prompt, loading the model once."""
+    from esft.adapters import ESFTAdapter, applied
+    from esft.generation import generate_text
+    from esft.models.loading import load_model
+
+    model, tokenizer = load_model(model_dir)
+
+    def answers(net) -> list[str]:
+        out = []
+        for prompt in prompts:
+            if should_stop is not None and should_stop():
+                break
+            out.append(generate_text(net, tokenizer, prompt, max_new_tokens=max_new_tokens))
+        return out
+
+    base = answers(model)
+    with applied(model, ESFTAdapter.from_pretrained(adapter_dir)) as tuned:
+        tuned_answers = answers(tuned)
+    return base, tuned_answers
+
+
 def _same(answer: str, expected: str) -> bool:
     return answer.strip().lower() == expected.strip().lower()
+
+
+def metrics_csv(metrics_jsonl: Path, out: Path) -> None:
+    """One row per logged step, columns in a stable order (step first)."""
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    columns = sorted({key for row in rows for key in row if key != "checkpoint"} - {"step"})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=["step", *columns], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out, buffer.getvalue())
 
 
 def _reports(ctx: StepContext) -> None:
@@ -54,7 +96,7 @@ def _reports(ctx: StepContext) -> None:
     train_dir = ctx.work / TRAIN_DIR
     for name in (METRICS_JSONL, TRAIN_REPORT):
         if (train_dir / name).is_file():
-            copy_atomic(train_dir / name, ctx.work / name)
+            copy_file_atomic(train_dir / name, ctx.work / name)
     if (ctx.work / METRICS_JSONL).is_file():
         metrics_csv(ctx.work / METRICS_JSONL, ctx.work / METRICS_CSV)
     drawings = (
@@ -96,7 +138,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
         "accuracy_base": sum(_same(r["base"], r["expected"]) for r in rows) / n,
         "accuracy_adapter": sum(_same(r["adapter"], r["expected"]) for r in rows) / n,
     }
-    write_json(out, {**summary, "examples": rows})
+    write_json_atomic(out, {**summary, "examples": rows})
     ctx.log(
         f"Evaluation on {len(rows)} examples: exact match"
         f" {summary['accuracy_adapter']:.0%} with the adapter, "

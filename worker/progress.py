@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from api.db.models import Checkpoint
-from api.db.session import session_scope
-from api.services import runs
+from api.core import runs
+from api.core.db.models import Checkpoint
+from api.core.db.session import session_scope
 from api.services.common import new_id
 
 log = logging.getLogger(__name__)

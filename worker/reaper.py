@@ -11,10 +11,10 @@ import argparse
 import logging
 import threading
 
-from api.db.session import session_scope
-from api.queue import Queue
-from api.services import runs
-from api.settings import Settings
+from api.core import runs
+from api.core.db.session import session_scope
+from api.core.queue import Queue
+from api.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def start_thread(settings: Settings, queue: Queue) -> threading.Event:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from api.queue import CeleryQueue
+    from api.core.queue import CeleryQueue
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="one pass, then exit")

@@ -15,14 +15,15 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from api.db.models import BaseModel, File, Job
-from api.db.session import session_scope
-from api.queue import Queue
-from api.services import runs
-from api.settings import Settings
-from api.storage import LocalStorage
+from api.core import runs
+from api.core.artifacts import job_key
+from api.core.db.models import BaseModel, File, Job
+from api.core.db.session import session_scope
+from api.core.queue import Queue
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from esft.errors import ESFTError, TrainingCancelled
-from worker.library import Library, get_library
+from worker.library import get_library
 from worker.progress import Cancelled, Heartbeat, ProgressReporter
 from worker.steps import STEP_FUNCTIONS, StepContext, StepFailed
 
@@ -55,7 +56,7 @@ def _event_logger(url: str, job_id: str):
     return log_event
 
 
-def build_context(settings: Settings, lib: Library, job_id: str, owner: str, heartbeat: Heartbeat) -> StepContext:
+def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartbeat) -> StepContext:
     storage = LocalStorage(settings.storage_dir)
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
@@ -65,14 +66,14 @@ def build_context(settings: Settings, lib: Library, job_id: str, owner: str, hea
         session.expunge(job)
     if base is None or not Path(base.path).is_dir():
         raise StepFailed("model_not_found", f"The base model {job.model!r} is no longer available.", param="model")
-    work = storage.path(f"jobs/{job.id}")
+    work = storage.path(job_key(job.id))
     work.mkdir(parents=True, exist_ok=True)
     reporter = ProgressReporter(settings.database_url, job_id, owner, heartbeat, throttle_s=settings.event_throttle_s)
     return StepContext(
         job=job,
         settings=settings,
         storage=storage,
-        lib=lib,
+        lib=get_library(),
         work=work,
         model_dir=Path(base.path),
         training_path=training,
@@ -99,16 +100,12 @@ def _fail(settings: Settings, job_id: str, owner: str, code: str, message: str, 
     return "failed"
 
 
-def _execute(
-    settings: Settings, lib: Library, step: str, job_id: str, owner: str, heartbeat: Heartbeat
-) -> dict[str, Any] | str:
+def _execute(settings: Settings, step: str, job_id: str, owner: str, heartbeat: Heartbeat) -> dict[str, Any] | str:
     try:
-        return STEP_FUNCTIONS[step](build_context(settings, lib, job_id, owner, heartbeat))
+        return STEP_FUNCTIONS[step](build_context(settings, job_id, owner, heartbeat))
     except (Cancelled, TrainingCancelled):
         return _stopped(settings, job_id, owner, step, heartbeat)
-    except StepFailed as exc:
-        return _fail(settings, job_id, owner, exc.code, exc.message, exc.param)
-    except ESFTError as exc:
+    except ESFTError as exc:  # StepFailed, library errors and ServiceErrors alike: code, message, param
         return _fail(settings, job_id, owner, exc.code, exc.message, exc.param)
     except OperationalError as exc:
         with session_scope(settings.database_url) as session:
@@ -127,7 +124,6 @@ def run_step(
     *,
     settings: Settings,
     queue: Queue,
-    lib: Library | None = None,
     owner: str | None = None,
 ) -> str:
     """Run ``step`` of a job if this dispatch is current and the lease is free; returns the outcome."""
@@ -144,7 +140,7 @@ def run_step(
         ttl_s=settings.lease_ttl_s,
         interval_s=settings.heartbeat_interval_s,
     ) as heartbeat:
-        outcome = _execute(settings, lib or get_library(), step, job_id, owner, heartbeat)
+        outcome = _execute(settings, step, job_id, owner, heartbeat)
     if isinstance(outcome, str):
         return outcome
     if heartbeat.should_stop():

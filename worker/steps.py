@@ -12,25 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api.db.models import Job
+from api.core.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, TRAIN_REPORT, VALIDATION_REPORT, job_key
+from api.core.db.models import Job
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.services import job_options
-from api.settings import Settings
-from api.storage import LocalStorage
 from esft.config import DataFacts, ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, CHECKPOINTS_DIR
 from esft.data.formats import LineLimits, validate_jsonl
-from worker.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, VALIDATION_REPORT, write_json
+from esft.errors import ESFTError
+from esft.io import sha256_file, write_json_atomic
 from worker.evaluation import evaluate
 from worker.library import Library
 from worker.progress import ProgressReporter
 
 
-class StepFailed(Exception):
-    """A failure the user must fix; becomes the job's ``error``."""
+class StepFailed(ESFTError):
+    """A failure the user must fix; becomes the job's ``error`` (the library's code/message/param base)."""
 
     def __init__(self, code: str, message: str, param: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+        super().__init__(message, code=code, param=param)
 
 
 @dataclass
@@ -105,7 +106,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     stats = train["token_stats"] or {}
     facts = DataFacts(train["n_examples"], max_tokens=stats.get("max"), max_context=context)
     resolved = job_options.resolve(job_options.spec_values(ctx.job.method, ctx.job.seed), facts, ctx.settings)
-    write_json(out, {"reports": reports, "hyperparameters": resolved})
+    write_json_atomic(out, {"reports": reports, "hyperparameters": resolved})
     ctx.log(f"Files validated: {train['n_examples']} training examples; {resolved['total_steps']} steps planned.")
     return {"hyperparameters": resolved}
 
@@ -137,7 +138,7 @@ def has_checkpoint(train_dir: Path) -> bool:
 
 def train(ctx: StepContext) -> dict[str, Any]:
     train_dir = ctx.work / TRAIN_DIR
-    report_path = train_dir / "train_report.json"
+    report_path = train_dir / TRAIN_REPORT
     if (train_dir / ADAPTER_CONFIG_NAME).exists() and report_path.exists():
         return {"trained_tokens": json.loads(report_path.read_text()).get("trained_tokens")}
     config = job_options.config_for(TrainingConfig, ctx.job.hyperparameters)
@@ -163,11 +164,10 @@ def _result_file(session, ctx: StepContext) -> list[str]:
     """Expose ``metrics.csv`` as a ``fine-tune-results`` file, as OpenAI's ``result_files`` do."""
     from sqlalchemy import select
 
-    from api.db.models import File
+    from api.core.db.models import File
     from api.services.common import new_id
-    from api.storage import sha256_file
 
-    key = f"jobs/{ctx.job.id}/{METRICS_CSV}"
+    key = f"{job_key(ctx.job.id)}/{METRICS_CSV}"
     path = ctx.storage.path(key)
     if not path.is_file():
         return []
@@ -188,7 +188,7 @@ def _result_file(session, ctx: StepContext) -> list[str]:
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
-    from api.db.session import session_scope
+    from api.core.db.session import session_scope
     from api.services.jobs import adapter_name
     from api.services.registry import register_adapter
 

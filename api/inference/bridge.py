@@ -1,7 +1,7 @@
 """From the engine's thread to asyncio: submit a request off the event loop, await its events and result.
 
-Engine errors become ``ServiceError``s with the engine's status (404 unknown model, 400 incompatible
-adapter, 409 cache full, ...), so one handler renders them in the OpenAI envelope.
+Engine errors become ``ServiceError``s with the status ``SERVING_STATUS`` gives them (404 unknown model,
+400 incompatible adapter, 409 cache full, ...), so one handler renders them in the OpenAI envelope.
 """
 
 from __future__ import annotations
@@ -11,14 +11,37 @@ from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ServiceError
+from api.core.errors import ServiceError
 from esft.errors import ESFTError
-from esft.serving import Completion, Engine, GenerationRequest, RequestHandle, ServingError, TokenEvent
+from esft.serving import (
+    AdapterLoadError,
+    CacheFullError,
+    Completion,
+    Engine,
+    EngineClosedError,
+    GenerationRequest,
+    RequestCancelled,
+    RequestHandle,
+    ServingError,
+    TokenEvent,
+    UnknownModelError,
+)
+
+# The HTTP status of each engine error; any other library error is the client's input (400).
+SERVING_STATUS: dict[type[ServingError], int] = {
+    UnknownModelError: 404,
+    AdapterLoadError: 400,
+    CacheFullError: 409,
+    EngineClosedError: 503,
+    RequestCancelled: 499,
+}
 
 
 def service_error(exc: ESFTError) -> ServiceError:
-    """The HTTP error for a library error (``ServingError`` carries its status; others are 400)."""
-    status = exc.status if isinstance(exc, ServingError) else 400
+    """The HTTP error for a library error; a ``ServiceError`` (raised by a resolver) keeps its own status."""
+    if isinstance(exc, ServiceError):
+        return exc
+    status = next((code for kind, code in SERVING_STATUS.items() if isinstance(exc, kind)), 400)
     return ServiceError(status, exc.message, code=exc.code, param=exc.param)
 
 

@@ -1,13 +1,15 @@
-"""Inference inside the service (``esft serve``): the model registry as the adapter resolver, API keys,
-and adapters scoped to the caller's project.
+"""Inference inside the service (``esft serve``): registered base models, registry adapters, API keys, and
+adapters scoped to the caller's project.
 
-``mount_inference(app, model_id)`` loads the registered base model ``model_id``, puts the engine on
-``app.state.inference_engine`` and mounts the inference router behind the service's API keys. The
-caller closes the engine on shutdown (``engine.close()`` in the app's lifespan).
+Each request does its bookkeeping once: the API key is checked by the router's dependency (which hands the
+principal on in ``request.state.principal``), the adapter row is read once by ``EnginePool.__call__`` (which
+checks the project and picks the base model's engine), and an adapter's files are hashed once on first load
+(the registry checks the manifest, the library the weights).
 
-``mount_inference_pool(app)`` serves every registered base model instead: the engine of a base model is
-loaded by the first request that names it or one of its adapters (what ``esft serve`` uses, since base
-models are registered while the server runs).
+``mount_inference_pool(app)`` serves every registered base model; the engine of a base model is loaded by
+the first request that names it or one of its adapters (what ``esft serve`` uses, since base models are
+registered while the server runs). ``mount_inference(app, model_id)`` serves one base model, loaded now.
+Either way the engines close when the app shuts down.
 """
 
 from __future__ import annotations
@@ -18,96 +20,84 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Adapter, BaseModel
+from api.core.db.models import Adapter, BaseModel
+from api.core.errors import ServiceError, not_found
+from api.core.storage import LocalStorage
 from api.deps import get_principal
-from api.errors import ServiceError, not_found
 from api.inference.routes import create_inference_router
 from api.services import registry
-from api.services.auth import authenticate
-from api.storage import LocalStorage
-from esft.serving import Engine, EngineConfig, Resolver
-
-
-def registry_resolver(sessions: sessionmaker[Session], storage: LocalStorage, base_model: str) -> Resolver:
-    """Adapter id -> its verified folder in storage (``None`` when no such adapter is registered).
-
-    Raises:
-        ServiceError: 400 when the adapter was trained on another base model; 500 when its files fail
-            the integrity check.
-    """
-
-    def resolve(name: str) -> Path | None:
-        with sessions() as session:
-            row = session.get(Adapter, name)
-            if row is None:
-                return None
-            if row.base_model != base_model:
-                raise ServiceError(
-                    400,
-                    f"Adapter {name!r} was trained on base model {row.base_model!r}; this server serves "
-                    f"{base_model!r}.",
-                    code="adapter_base_mismatch",
-                    param="model",
-                )
-            return registry.verify(storage, row)
-
-    return resolve
-
-
-def project_access(request: Request, model: str) -> None:
-    """Refuse (404, as ``/v1/models/{id}`` does) adapters that belong to another project."""
-    with request.app.state.session_factory() as session:
-        principal = authenticate(session, request.headers.get("authorization"))
-        row = session.get(Adapter, model)
-        if row is not None and row.project_id != principal.project_id:
-            raise not_found("model", model, param="model")
-
-
-def mount_inference(app: FastAPI, model_id: str, config: EngineConfig | None = None) -> Engine:
-    """Serve the registered base model ``model_id`` and its adapters on ``app`` (built by ``create_app``)."""
-    sessions: sessionmaker[Session] = app.state.session_factory
-    with sessions() as session:
-        base = session.get(BaseModel, model_id)
-        if base is None:
-            raise ServiceError(404, f"No base model {model_id!r} is registered.", code="model_not_found")
-        path = base.path
-    resolver = registry_resolver(sessions, app.state.storage, model_id)
-    engine = Engine.from_pretrained(path, resolver=resolver, config=config, base_name=model_id)
-    app.state.inference_engine = engine
-    app.include_router(create_inference_router(dependencies=[Depends(get_principal)], model_access=project_access))
-    return engine
+from esft.constants import ADAPTER_WEIGHTS_NAME
+from esft.serving import Engine, EngineConfig
 
 
 class EnginePool:
-    """One engine per registered base model, loaded on first use; the router's ``(request, model)`` getter."""
+    """One engine per registered base model, loaded on first use; the router's ``(request, model)`` getter.
 
-    def __init__(self, sessions: sessionmaker[Session], storage: LocalStorage, config: EngineConfig | None = None):
-        self.sessions, self.storage, self.config = sessions, storage, config
+    Args:
+        sessions: the app's session factory.
+        storage: where registered adapters live.
+        config: engine settings for every engine.
+        only: serve just this base model (adapters of other base models answer 400).
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        storage: LocalStorage,
+        config: EngineConfig | None = None,
+        *,
+        only: str | None = None,
+    ):
+        self.sessions, self.storage, self.config, self.only = sessions, storage, config, only
         self.engines: dict[str, Engine] = {}
+        self._adapters: dict[str, Adapter] = {}  # rows as last read by a request, for the engines' resolver
         self._lock = threading.Lock()
 
-    def _base_of(self, model: str) -> tuple[str, str]:
-        """(base model id, its path) for a base model id or an adapter id; 404 for anything else."""
-        with self.sessions() as session:
-            adapter = session.get(Adapter, model)
-            base = session.get(BaseModel, adapter.base_model if adapter is not None else model)
-            if base is None:
-                raise not_found("model", model, param="model")
-            return base.id, base.path
-
-    def __call__(self, _request: Request, model: str | None) -> Engine:
+    def __call__(self, request: Request, model: str | None) -> Engine:
         if model is None:
             if not self.engines:
                 raise ServiceError(503, "No model has been served yet.", code="inference_idle")
             return next(iter(self.engines.values()))
-        base_id, path = self._base_of(model)
-        with self._lock:  # one load per base model, even under concurrent first requests
+        base_id, path = self._lookup(model, request.state.principal.project_id)
+        return self.engine(base_id, path)
+
+    def _lookup(self, model: str, project_id: str) -> tuple[str, str]:
+        """(base model id, its path) for a base model or an adapter of the caller's project; one read of each row."""
+        with self.sessions() as session:
+            adapter = session.get(Adapter, model)
+            if adapter is not None and adapter.project_id != project_id:
+                raise not_found("model", model, param="model")  # as /v1/models/{id}: existence never leaks
+            base = session.get(BaseModel, adapter.base_model if adapter is not None else model)
+        if base is None:
+            raise not_found("model", model, param="model")
+        if self.only is not None and base.id != self.only:
+            raise ServiceError(
+                400,
+                f"Model {model!r} belongs to base model {base.id!r}; this server serves {self.only!r}.",
+                code="adapter_base_mismatch",
+                param="model",
+            )
+        if adapter is not None:
+            self._adapters[model] = adapter
+        return base.id, base.path
+
+    def engine(self, base_id: str, path: str) -> Engine:
+        """The engine of a base model, loading it once even under concurrent first requests."""
+        with self._lock:
             if base_id not in self.engines:
-                resolver = registry_resolver(self.sessions, self.storage, base_id)
                 self.engines[base_id] = Engine.from_pretrained(
-                    path, resolver=resolver, config=self.config, base_name=base_id
+                    path, resolver=self._resolve, config=self.config, base_name=base_id
                 )
             return self.engines[base_id]
+
+    def _resolve(self, name: str) -> Path | None:
+        """Adapter id -> its verified folder, from the row the request already read (no second read).
+
+        The weights are left to ``ESFTAdapter.from_pretrained``, which checks them against the sha256 in
+        ``adapter_config.json``; that config is checked here against the manifest, so each file is hashed once.
+        """
+        row = self._adapters.get(name)
+        return None if row is None else registry.verify(self.storage, row, skip=(ADAPTER_WEIGHTS_NAME,))
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -115,10 +105,23 @@ class EnginePool:
         self.engines.clear()
 
 
-def mount_inference_pool(app: FastAPI, config: EngineConfig | None = None) -> EnginePool:
-    """Serve every registered base model and its adapters on ``app``, loading each on first request."""
-    pool = EnginePool(app.state.session_factory, app.state.storage, config)
+def mount_inference_pool(app: FastAPI, config: EngineConfig | None = None, *, only: str | None = None) -> EnginePool:
+    """Serve registered base models and their adapters on ``app`` (built by ``create_app``) behind its API keys."""
+    pool = EnginePool(app.state.session_factory, app.state.storage, config, only=only)
     app.state.inference_pool = pool
-    router = create_inference_router(pool, dependencies=[Depends(get_principal)], model_access=project_access)
-    app.include_router(router)
+    app.state.shutdown_hooks.append(pool.close)
+    app.include_router(create_inference_router(pool, dependencies=[Depends(get_principal)]))
     return pool
+
+
+def mount_inference(app: FastAPI, model_id: str, config: EngineConfig | None = None) -> Engine:
+    """Serve the registered base model ``model_id`` (loaded now) and its adapters on ``app``."""
+    with app.state.session_factory() as session:
+        base = session.get(BaseModel, model_id)
+        if base is None:
+            raise ServiceError(404, f"No base model {model_id!r} is registered.", code="model_not_found")
+        path = base.path
+    pool = mount_inference_pool(app, config, only=model_id)
+    engine = pool.engine(model_id, path)
+    app.state.inference_engine = engine
+    return engine

@@ -3,8 +3,8 @@ plus adapter load/unload/pin. ``model`` names the base model or an adapter (as i
 
 The engine is found per request from the request and the ``model`` it names
 (``request.app.state.inference_engine`` by default), so the router can be built before any engine is
-loaded and a service can keep one engine per base model. ``model_access(request, model)`` lets the embedding service
-refuse adapters of another project (raise its own 404) before anything is loaded.
+loaded and a service can keep one engine per base model. The getter may refuse a model (raise a
+``ServiceError``), which is how the embedding service hides adapters of another project.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ServiceError
+from api.core.errors import ServiceError
 from api.inference.bridge import AsyncRequest, call
 from api.inference.schemas import (
     AdapterPin,
@@ -33,7 +33,6 @@ from api.schemas.common import error_responses
 from esft.serving import CachedAdapter, Engine, GenerationRequest, SamplingParams
 
 EngineGetter = Callable[[Request, str | None], Engine]
-ModelAccess = Callable[[Request, str], None]
 
 ERRORS = error_responses(400, 404, 409, 422, 503)
 _SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "with `stream: true`"}
@@ -53,6 +52,7 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
         top_p=body.top_p,
         stop=body.stop_strings(),
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -63,16 +63,13 @@ def _adapter_state(entry: CachedAdapter) -> AdapterState:
 
 
 class InferenceRoutes:
-    """The route handlers, bound to one way of finding the engine and one access check."""
+    """The route handlers, bound to one way of finding (and refusing) the engine for a model."""
 
-    def __init__(self, engine: Engine | EngineGetter | None, model_access: ModelAccess | None):
+    def __init__(self, engine: Engine | EngineGetter | None):
         fixed = isinstance(engine, Engine)
         self.engine: EngineGetter = (lambda _r, _m: engine) if fixed else (engine or _default_engine)
-        self.model_access = model_access
 
     async def _allowed(self, request: Request, model: str) -> Engine:
-        if self.model_access is not None:
-            await run_in_threadpool(self.model_access, request, model)
         return await run_in_threadpool(self.engine, request, model)
 
     async def _submit(self, engine: Engine, body, prompt_ids: list[int], prefix: str):
@@ -135,18 +132,16 @@ def create_inference_router(
     engine: Engine | EngineGetter | None = None,
     *,
     dependencies: Sequence[Any] = (),
-    model_access: ModelAccess | None = None,
 ) -> APIRouter:
     """Build the router.
 
     Args:
         engine: the engine, or ``(request, model) -> engine`` (default: ``request.app.state.inference_engine``);
-            ``model`` is None for requests that name no model.
+            ``model`` is None for requests that name no model. The getter runs in the thread pool and may
+            raise a ``ServiceError`` to refuse the model.
         dependencies: route dependencies, e.g. ``[Depends(get_principal)]`` to require an API key.
-        model_access: called (in the thread pool) with the request and ``model`` before serving it;
-            raise a ``ServiceError`` to refuse.
     """
-    routes = InferenceRoutes(engine, model_access)
+    routes = InferenceRoutes(engine)
     router = APIRouter(tags=["inference"], dependencies=list(dependencies), responses=ERRORS)
     post = functools.partial(router.add_api_route, methods=["POST"])
     post(

@@ -33,7 +33,9 @@ class _Sampling(_Request):
     presence_penalty: Literal[0, 0.0] = 0.0
     frequency_penalty: Literal[0, 0.0] = 0.0
     user: str | None = None
-    ignore_eos: bool = Field(default=False, description="vLLM extension: do not stop at the end-of-turn token")
+    ignore_eos: bool = Field(
+        default=False, description="vLLM extension: generate past the stop tokens, up to `max_tokens`"
+    )
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

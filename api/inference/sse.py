@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.errors import ServiceError, error_body
+from api.core.errors import ServiceError
+from api.errors import error_body
 from api.inference.bridge import AsyncRequest
 from esft.serving import Completion
 

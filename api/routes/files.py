@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
+from api.core.storage import CHUNK
 from api.deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
 from api.schemas.common import COMMON_ERRORS, DeletedObject, binary_response, error_responses
 from api.schemas.files import FileList, FileObject
 from api.services import files
-from api.storage import CHUNK
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=COMMON_ERRORS)
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.db.models import Adapter
+from api.core.db.models import Adapter
+from api.core.errors import ServiceError
 from api.deps import PrincipalDep, SessionDep, StorageDep
-from api.errors import ServiceError
 from api.schemas.common import COMMON_ERRORS, DeletedObject, binary_response, error_responses
 from api.schemas.models import ModelList, ModelObject
 from api.services import registry

@@ -1,6 +1,6 @@
 """Job outputs: checkpoints recorded by the worker, and the downloadable artifacts of a job's work folder.
 
-Only names in ``ARTIFACTS`` can be downloaded, so a request can never name an arbitrary path.
+Only names in ``CONTENT_TYPES`` (``api.core.artifacts``) can be downloaded, so a request never names another path.
 """
 
 from __future__ import annotations
@@ -10,27 +10,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import Checkpoint, Job
-from api.errors import not_found
+from api.core.artifacts import CONTENT_TYPES, job_key
+from api.core.db.models import Checkpoint, Job
+from api.core.errors import not_found
+from api.core.storage import LocalStorage
 from api.schemas.jobs import ArtifactObject, CheckpointObject
 from api.services.common import unix
-from api.storage import LocalStorage
-
-ARTIFACTS = {
-    "validation_report.json": "application/json",
-    "expert_scores.json": "application/json",
-    "expert_config.json": "application/json",
-    "scores_heatmap.png": "image/png",
-    "loss_curve.png": "image/png",
-    "metrics.csv": "text/csv",
-    "metrics.jsonl": "application/x-ndjson",
-    "train_report.json": "application/json",
-    "eval_results.json": "application/json",
-}
-
-
-def job_key(job_id: str) -> str:
-    return f"jobs/{job_id}"
 
 
 def artifact_path(storage: LocalStorage, job_id: str, name: str) -> Path:
@@ -39,7 +24,7 @@ def artifact_path(storage: LocalStorage, job_id: str, name: str) -> Path:
 
 def list_artifacts(storage: LocalStorage, job: Job) -> list[ArtifactObject]:
     found = []
-    for name, content_type in ARTIFACTS.items():
+    for name, content_type in CONTENT_TYPES.items():
         path = artifact_path(storage, job.id, name)
         if path.is_file():
             found.append(ArtifactObject(name=name, bytes=path.stat().st_size, content_type=content_type))
@@ -47,12 +32,12 @@ def list_artifacts(storage: LocalStorage, job: Job) -> list[ArtifactObject]:
 
 
 def get_artifact(storage: LocalStorage, job: Job, name: str) -> tuple[Path, str]:
-    if name not in ARTIFACTS:
+    if name not in CONTENT_TYPES:
         raise not_found("artifact", name, param="name")
     path = artifact_path(storage, job.id, name)
     if not path.is_file():
         raise not_found("artifact", name, param="name")
-    return path, ARTIFACTS[name]
+    return path, CONTENT_TYPES[name]
 
 
 def list_checkpoints(session: Session, job: Job, *, after: str | None, limit: int):

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import ApiKey, Project
-from api.errors import ServiceError
+from api.core.db.models import ApiKey, Project
+from api.core.errors import ServiceError
 from api.services.common import new_id
 
 KEY_PREFIX = "sk-esft-"

@@ -10,10 +10,10 @@ import anyio.to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import Job, JobEvent
+from api.core.db.models import Job, JobEvent
+from api.core.runs import TERMINAL
 from api.schemas.jobs import JobEventObject
 from api.services.common import unix
-from api.services.runs import TERMINAL
 
 EVENT_PREFIX = "ftevent-"
 

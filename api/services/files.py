@@ -15,12 +15,12 @@ import anyio.to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import File, Job
-from api.errors import ServiceError, not_found
+from api.core.db.models import File, Job
+from api.core.errors import ServiceError, not_found
+from api.core.settings import Settings
+from api.core.storage import LocalStorage, TooLarge
 from api.schemas.files import FileObject, ValidationReport
 from api.services.common import new_id, page_newest_first, unix
-from api.settings import Settings
-from api.storage import LocalStorage, TooLarge
 from esft.data.formats import LineLimits, validate_jsonl
 
 PURPOSES = ("fine-tune",)

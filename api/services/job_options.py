@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.settings import Settings
+from api.core.settings import Settings
 from esft.config import AUTO, CONFIG_CLASSES, DataFacts, resolve_auto
 from esft.errors import ConfigError
 from esft.options import Option, declared_options

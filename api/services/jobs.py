@@ -8,13 +8,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.db.models import BaseModel, Job
-from api.errors import ServiceError, not_found
-from api.queue import Queue
+from api.core import runs
+from api.core.db.models import BaseModel, Job
+from api.core.errors import ServiceError, not_found
+from api.core.queue import Queue
+from api.core.settings import Settings
 from api.schemas.jobs import JobCreate, JobError, JobObject, JobProgress
-from api.services import files, job_options, runs
+from api.services import files, job_options
 from api.services.common import new_id, page_newest_first, unix
-from api.settings import Settings
 
 WAITING = ("validating_files", "queued")
 

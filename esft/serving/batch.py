@@ -31,13 +31,13 @@ class Row:
     max_tokens: int
     sampler: Sampler
     stream: TextStream
-    stop_id: int | None
+    stop_ids: frozenset[int]  # esft.generation.stop_token_ids
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
     def accept(self, token: int) -> bool:
         """Record one new token, stream its text; True when this request is finished."""
-        if token == self.stop_id and not self.sampler.params.ignore_eos:
+        if token in self.stop_ids and not self.sampler.params.ignore_eos:
             self.finish_reason = "stop"
             return True
         self.generated.append(token)

@@ -9,15 +9,6 @@ import torch
 from esft.serving.requests import SamplingParams
 
 
-def stop_token_id(tokenizer) -> int | None:
-    """The end-of-turn token when the vocabulary has one (``<|end|>``), else EOS.
-
-    Same rule as ``esft.generation`` uses for ``esft generate``, so answers stop at the same token.
-    """
-    vocab = tokenizer.get_vocab()
-    return vocab.get("<|end|>", tokenizer.eos_token_id)
-
-
 class Sampler:
     """Picks one request's next token: greedy at temperature 0, else temperature + top-p with its own RNG."""
 

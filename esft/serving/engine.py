@@ -24,12 +24,12 @@ from torch import nn
 from esft.adapters import check_compatible
 from esft.adapters.adapter import ESFTAdapter
 from esft.errors import AdapterMismatchError
-from esft.generation import encode_prompt
+from esft.generation import encode_prompt, stop_token_ids
 from esft.models.discovery import find_moe_layers
 from esft.serving.batch import Row, RunningBatch
 from esft.serving.cache import AdapterCache, CachedAdapter, Resolver
 from esft.serving.config import EngineConfig
-from esft.serving.decoding import Sampler, TextStream, stop_token_id
+from esft.serving.decoding import Sampler, TextStream
 from esft.serving.errors import EngineClosedError, ServingError
 from esft.serving.requests import EventCallback, GenerationRequest, RequestHandle, cancelled_error
 from esft.serving.slots import ExpertSlots
@@ -74,7 +74,7 @@ class Engine:
         self.layers = {layer.layer_index: layer for layer in find_moe_layers(model)}
         self.cache = AdapterCache(resolver or (lambda _name: None), self.config.cache_bytes, self._validate)
         self.slots = self._make_slots()
-        self.stop_id = stop_token_id(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         self.device = next(model.parameters()).device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.batch = RunningBatch(model, pad, self.slots.set_rows if self.slots else None)
@@ -96,7 +96,7 @@ class Engine:
         base_name: str | None = None,
     ) -> Engine:
         """Load a local base model (never from a hub) and build an engine around it."""
-        from esft.workflows import load_model
+        from esft.models.loading import load_model
 
         config = config or EngineConfig()
         model, tokenizer = load_model(model_dir, dtype=config.dtype, device=config.device)
@@ -362,7 +362,7 @@ class Engine:
             pending.max_tokens,
             Sampler(params, self.device),
             TextStream(self.tokenizer, params.stop),
-            self.stop_id,
+            self.stop_ids,
         )
 
     def _restore_swap(self) -> None:

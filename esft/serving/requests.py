@@ -22,7 +22,7 @@ class SamplingParams:
         top_p: nucleus sampling: sample among the most likely tokens whose probabilities sum to ``top_p``.
         stop: strings that end the completion (not included in the text).
         seed: seeds this request's own random generator, so sampling does not depend on the batch.
-        ignore_eos: keep generating past the end-of-turn token (vLLM's ``ignore_eos``; for benchmarks).
+        ignore_eos: keep generating past the stop tokens up to ``max_tokens`` (vLLM's ``ignore_eos``; for benchmarks).
     """
 
     max_tokens: int | None = None

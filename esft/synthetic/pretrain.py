@@ -160,7 +160,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, *, log=p
     """Pretrain the toy MoE into ``out_dir`` (model + tokenizer), or reuse a completed run there.
 
     Args:
-        out_dir: where ``save_pretrained`` writes; ``esft.workflows.load_model(out_dir)`` loads it.
+        out_dir: where ``save_pretrained`` writes; ``esft.models.loading.load_model(out_dir)`` loads it.
         config: model size and run; the report is written last, so its presence means complete.
         log: receives progress lines.
 

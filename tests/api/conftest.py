@@ -1,6 +1,6 @@
-"""Fixtures for the API tests (from `api.testing`): a fresh app per test, two projects, a toy model."""
+"""Fixtures for the API tests (from `tests.service_support`): a fresh app per test, two projects, a toy model."""
 
-from api.testing import (  # noqa: F401
+from tests.service_support import (  # noqa: F401
     auth,
     base_model,
     client,

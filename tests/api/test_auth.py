@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from api.db.models import ApiKey
-from api.db.session import session_scope
-from api.testing import assert_error, job_body
+from api.core.db.models import ApiKey
+from api.core.db.session import session_scope
+from tests.service_support import assert_error, job_body
 
 PROTECTED = [
     ("GET", "/v1/files"),

@@ -8,9 +8,9 @@ import typer
 from typer.testing import CliRunner
 
 from api.cli import ensure_default_key, register
-from api.db.session import session_scope
+from api.core.db.session import session_scope
+from api.core.settings import Settings
 from api.services.auth import authenticate
-from api.settings import Settings
 
 
 def _app() -> typer.Typer:
@@ -37,7 +37,7 @@ def test_keys_create_and_models_add(tmp_path, toy_model_dir, monkeypatch):
 
 
 def test_first_start_creates_one_admin_key(tmp_path):
-    from api.migrate import upgrade
+    from api.core.migrate import upgrade
 
     settings = Settings(data_dir=tmp_path)
     upgrade(settings.database_url)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from api.core.queue import RecordingQueue
 from api.main import create_app
-from api.queue import RecordingQueue
-from api.testing import assert_error
+from tests.service_support import assert_error
 
 
 def test_unknown_route_and_method(client, auth):

@@ -7,9 +7,9 @@ import io
 import openai
 import pytest
 
+from api.core.queue import RecordingQueue
 from api.main import create_app
-from api.queue import RecordingQueue
-from api.testing import LiveServer, chat_rows, jsonl
+from tests.service_support import LiveServer, chat_rows, jsonl
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.testing import free_port
+from tests.service_support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -87,10 +87,10 @@ def test_migrations_and_leases_on_postgres(postgres_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from api.db.models import Base, BaseModel, Job, Project
-    from api.db.session import make_engine, session_scope
-    from api.migrate import downgrade, upgrade
-    from api.services import runs
+    from api.core import runs
+    from api.core.db.models import Base, BaseModel, Job, Project
+    from api.core.db.session import make_engine, session_scope
+    from api.core.migrate import downgrade, upgrade
 
     upgrade(postgres_url)
     engine = make_engine(postgres_url)

@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from api.cli import ensure_default_key, stop_process
-from api.db.session import session_scope
+from api.core.db.session import session_scope
+from api.core.migrate import upgrade
+from api.core.queue import CeleryQueue
+from api.core.settings import Settings
 from api.main import create_app
-from api.migrate import upgrade
-from api.queue import CeleryQueue
 from api.services.registry import add_base_model
-from api.settings import Settings
-from api.testing import LiveServer, toy_model_dir  # noqa: F401
+from tests.service_support import LiveServer, toy_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {
@@ -129,7 +129,7 @@ def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: 
 
 @pytest.fixture
 def upload_rows(service: Service) -> Callable[[list[dict]], str]:
-    from api.testing import jsonl
+    from tests.service_support import jsonl
 
     def _upload(rows: list[dict]) -> str:
         files = {"file": ("train.jsonl", jsonl(rows), "application/jsonl")}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from api.testing import chat_rows, job_body
+from tests.service_support import chat_rows, job_body
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.testing import chat_rows, jsonl
+from tests.service_support import chat_rows, jsonl
 
 pytestmark = pytest.mark.e2e
 SCHEMA = Path(__file__).resolve().parents[2] / "openapi.json"

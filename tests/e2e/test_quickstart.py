@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from api.cli import stop_process
-from api.testing import free_port
+from tests.service_support import free_port
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

@@ -14,6 +14,7 @@ from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from esft.errors import AdapterMismatchError, ConfigError
 from esft.methods.esft import get_esft_model
+from esft.models.loading import load_model
 from tests.conftest import CORE_FAMILIES
 
 
@@ -42,7 +43,7 @@ def test_apply_restore_merge_round_trip(family, model_dirs, chat_data, tmp_path)
     ids = torch.randint(10, 400, (2, 16), generator=torch.Generator().manual_seed(0))
 
     # The trained model itself: base + split twin loaded from the adapter's own weights.
-    trained, _ = workflows.load_model(model_dir)
+    trained, _ = load_model(model_dir)
     prepared = get_esft_model(trained, adapter.expert_config)
     with torch.no_grad():
         for key, tensor in adapter.tensors.items():
@@ -50,7 +51,7 @@ def test_apply_restore_merge_round_trip(family, model_dirs, chat_data, tmp_path)
             getattr(prepared.split[layer.layer_index].trainable, key.rsplit(".", 1)[1]).copy_(tensor)
     expected = _logits(trained, ids)
 
-    model, _ = workflows.load_model(model_dir)
+    model, _ = load_model(model_dir)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     base_logits = _logits(model, ids)
     handle = apply_adapter(model, adapter)
@@ -74,7 +75,7 @@ def test_adapter_holds_only_the_trained_experts(model_dirs, chat_data, tmp_path)
         assert tensor.shape[0] == len(config["experts"][str(adapter.row_tensors[key])])
     assert config["schema"] == "esft.adapter/1" and config["base_model"]["model_type"] == "deepseek_v2"
     assert config["weights"][ADAPTER_WEIGHTS_NAME]["sha256"]
-    model, _ = workflows.load_model(model_dirs("deepseek_v2"))
+    model, _ = load_model(model_dirs("deepseek_v2"))
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert adapter.nbytes < 0.5 * model_bytes
 
@@ -82,10 +83,10 @@ def test_adapter_holds_only_the_trained_experts(model_dirs, chat_data, tmp_path)
 def test_adapter_for_another_base_model_is_rejected(model_dirs, chat_data, tmp_path):
     out = _train(model_dirs("qwen3_moe"), chat_data, tmp_path, steps=1)
     adapter = ESFTAdapter.from_pretrained(out.adapter_dir)
-    other, _ = workflows.load_model(model_dirs("qwen3_moe", hidden=96))
+    other, _ = load_model(model_dirs("qwen3_moe", hidden=96))
     with pytest.raises(AdapterMismatchError, match="config hash"):
         apply_adapter(other, adapter)
-    mixtral, _ = workflows.load_model(model_dirs("mixtral"))
+    mixtral, _ = load_model(model_dirs("mixtral"))
     with pytest.raises(AdapterMismatchError, match="qwen3_moe"):
         apply_adapter(mixtral, adapter)
 

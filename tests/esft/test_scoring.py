@@ -9,8 +9,8 @@ from esft.config import ScoringConfig
 from esft.data.formats import read_examples
 from esft.data.tokenize import tokenize_examples
 from esft.models.discovery import find_moe_layers
+from esft.models.loading import load_model
 from esft.scoring.scores import score_experts
-from esft.workflows import load_model
 from tests.conftest import CORE_FAMILIES
 
 

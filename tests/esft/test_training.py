@@ -13,6 +13,7 @@ from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_WEIGHTS_NAME
 from esft.errors import CheckpointError, TrainingCancelled
 from esft.expert_config import ExpertConfig
+from esft.models.loading import load_model
 from esft.training.checkpoint import list_checkpoints
 from tests.conftest import CORE_FAMILIES
 
@@ -86,7 +87,7 @@ def test_bf16_training_keeps_fp32_masters(model_dirs, chat_data, tmp_path):
     """At lr 1e-5 a bf16-only update rounds away; fp32 masters accumulate it."""
     from esft.methods.esft import get_esft_model
 
-    model, _ = workflows.load_model(model_dirs("mixtral"), dtype="bfloat16")
+    model, _ = load_model(model_dirs("mixtral"), dtype="bfloat16")
     prepared = get_esft_model(model, ExpertConfig({0: [1, 2]}))
     params = prepared.trainable_parameters()
     assert params and all(p.dtype == torch.float32 for p in params.values())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from esft.models.loading import load_model
 from esft.synthetic.pretrain import REPORT_NAME, pretrain
-from esft.workflows import load_model
 from research.comparison import best_rate, random_experts
 from tests.research.conftest import TINY
 

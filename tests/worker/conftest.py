@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from api.testing import (  # noqa: F401
+from tests.service_support import (  # noqa: F401
     auth,
     base_model,
     client,
@@ -17,18 +17,23 @@ from api.testing import (  # noqa: F401
     training_file,
     upload,
 )
-from worker.library import EsftLibrary
-from worker.testing import InlineQueue
+from tests.worker.inline_queue import InlineQueue
+from worker.library import esft_library, set_library
 
 
-class FaultyLibrary(EsftLibrary):
+class FaultyLibrary:
     """The real library, plus call counting and hooks that run before a call or inside its progress callback."""
 
     def __init__(self) -> None:
+        self.real = esft_library()
         self.calls: Counter[str] = Counter()
         self.before: dict[str, Callable[..., None]] = {}
         self.on_progress: dict[str, Callable[..., None]] = {}
         self.kwargs: dict[str, dict] = {}
+
+    def __getattr__(self, name: str) -> Callable:
+        real = getattr(self.real, name)
+        return lambda *args, **kwargs: real(*args, **self._hooked(name, kwargs))
 
     def _hooked(self, name: str, kwargs: dict) -> dict:
         self.calls[name] += 1
@@ -45,26 +50,17 @@ class FaultyLibrary(EsftLibrary):
             kwargs = {**kwargs, "progress": progress}
         return kwargs
 
-    def score(self, *args, **kwargs):
-        return super().score(*args, **self._hooked("score", kwargs))
-
-    def select(self, *args, **kwargs):
-        self._hooked("select", kwargs)
-        return super().select(*args, **kwargs)
-
-    def train(self, *args, **kwargs):
-        return super().train(*args, **self._hooked("train", kwargs))
-
-    def compare(self, *args, **kwargs):
-        return super().compare(*args, **self._hooked("compare", kwargs))
-
 
 @pytest.fixture
-def lib() -> FaultyLibrary:
-    return FaultyLibrary()
+def lib() -> Iterator[FaultyLibrary]:
+    """The library every step calls during the test (through ``worker.library.set_library``)."""
+    faulty = FaultyLibrary()
+    set_library(faulty)
+    yield faulty
+    set_library(None)
 
 
 @pytest.fixture
 def queue(settings, lib) -> InlineQueue:  # noqa: F811
     """Overrides the API's recording queue: sends are kept and ``drain()`` runs them with ``lib``."""
-    return InlineQueue(settings, lib)
+    return InlineQueue(settings)

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from api.queue import TASK_NAMES, celery_config
-from api.settings import Settings
+from api.core.queue import TASK_NAMES, celery_config
+from api.core.settings import Settings
 from worker import devices
 
 

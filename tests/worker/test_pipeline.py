@@ -7,10 +7,10 @@ import tarfile
 
 from sqlalchemy import update
 
-from api.db.models import Job
-from api.db.session import session_scope
-from api.queue import STEPS
-from api.testing import assert_error, chat_rows, job_body, jsonl
+from api.core.db.models import Job
+from api.core.db.session import session_scope
+from api.core.queue import STEPS
+from tests.service_support import assert_error, chat_rows, job_body, jsonl
 
 
 def run_job(client, auth, queue, model, file_id, **hyper) -> dict:

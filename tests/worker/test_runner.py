@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from api.db.models import Job
-from api.db.session import session_scope
-from api.queue import STEPS
-from api.services import runs
-from api.testing import job_body
+from api.core import runs
+from api.core.db.models import Job
+from api.core.db.session import session_scope
+from api.core.queue import STEPS
 from esft.errors import UnsupportedModelError
+from tests.service_support import job_body
 from worker.reaper import reap_once
 from worker.runner import TransientError, run_step
 
@@ -176,7 +176,7 @@ def test_transient_database_errors_release_the_lease_for_a_retry(
         queue.run_next()
     assert lease(settings, job_id)[0] is None
     del lib.before["score"]
-    assert run_step(step, job_id, dispatch, settings=settings, queue=queue, lib=lib).startswith("done")
+    assert run_step(step, job_id, dispatch, settings=settings, queue=queue).startswith("done")
 
 
 def test_internal_errors_fail_without_leaking_details(client, auth, queue, lib, base_model, training_file):

@@ -26,6 +26,6 @@ def inference_app(assets):
 
 @pytest.fixture(scope="module")
 def inference(inference_app):
-    """A client of the standalone inference app (``client`` is the main service's, from ``api.testing``)."""
+    """A client of the standalone inference app (``client`` is the main service's, from ``tests.service_support``)."""
     with TestClient(inference_app) as client:
         yield client

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from api.testing import assert_error
 from esft import workflows
+from esft.serving import GenerationRequest, SamplingParams
 from tests.esft.serving.serving_assets import PROMPTS
+from tests.service_support import assert_error
 
 
 def _chat(inference, model: str, prompt: str, **body):
@@ -124,3 +125,14 @@ def test_adapter_load_pin_unload(inference):
     assert_error(inference.post("/v1/adapters/nope/load"), 404, "model_not_found")
     models = {m["id"]: m for m in inference.get("/v1/models").json()["data"]}
     assert models["toy"]["parent"] is None and models["math"]["parent"] == "toy"
+
+
+def test_ignore_eos_generates_max_tokens(inference, inference_app, monkeypatch):
+    """Without it the answer ends at a stop token; with it the same request runs on to ``max_tokens``."""
+    engine = inference_app.state.inference_engine
+    first = engine.complete(GenerationRequest(engine.encode(PROMPTS[0]), "math", SamplingParams(max_tokens=1)))
+    monkeypatch.setattr(engine, "stop_ids", engine.stop_ids | {first.token_ids[0]})  # the answer's first token stops it
+    normal = _chat(inference, "math", PROMPTS[0], max_tokens=6).json()
+    assert normal["choices"][0]["finish_reason"] == "stop" and normal["usage"]["completion_tokens"] == 0
+    forced = _chat(inference, "math", PROMPTS[0], max_tokens=6, ignore_eos=True).json()
+    assert forced["choices"][0]["finish_reason"] == "length" and forced["usage"]["completion_tokens"] == 6

@@ -6,9 +6,9 @@ import json
 
 from sqlalchemy import func, select
 
-from api.db.models import File
-from api.db.session import session_scope
-from api.testing import assert_error, chat_rows, jsonl
+from api.core.db.models import File
+from api.core.db.session import session_scope
+from tests.service_support import assert_error, chat_rows, jsonl
 
 
 def _stored(settings) -> tuple[int, list]:

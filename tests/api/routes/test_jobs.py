@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from api.testing import assert_error, chat_rows, job_body, jsonl
+from tests.service_support import assert_error, chat_rows, job_body, jsonl
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from api.testing import assert_error
+from tests.service_support import assert_error
 
 
 def test_register_base_model_over_http(client, auth, settings, toy_model_dir, tmp_path):

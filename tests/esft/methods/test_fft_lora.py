@@ -12,6 +12,7 @@ from esft import TrainingConfig, workflows
 from esft.errors import ConfigError, TrainingCancelled
 from esft.methods import get_method, get_model
 from esft.methods.lora import attention_modules
+from esft.models.loading import load_model
 
 
 def _trained(method, model_dirs, chat_data, tmp_path, **options):
@@ -20,24 +21,24 @@ def _trained(method, model_dirs, chat_data, tmp_path, **options):
 
 
 def test_fft_trains_every_parameter(model_dirs, chat_data, tmp_path):
-    model, _ = workflows.load_model(model_dirs("qwen3_moe"), device="cpu")
+    model, _ = load_model(model_dirs("qwen3_moe"), device="cpu")
     prepared = get_model("fft", model)
     assert prepared.trainable_parameters().keys() == dict(model.named_parameters()).keys()
     out = _trained("fft", model_dirs, chat_data, tmp_path)
-    trained, _ = workflows.load_model(out.adapter_dir, device="cpu")  # a whole model, with its tokenizer
+    trained, _ = load_model(out.adapter_dir, device="cpu")  # a whole model, with its tokenizer
     changed = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(model.named_parameters())[n])]
     assert any("experts.gate_up_proj" in n for n in changed) and any("self_attn" in n for n in changed)
     assert out.report["parameters"]["trainable"] == out.report["parameters"]["total"]
 
 
 def test_lora_wraps_attention_only_and_keeps_base_weights(model_dirs, chat_data, tmp_path):
-    model, _ = workflows.load_model(model_dirs("qwen3_moe"), device="cpu")
+    model, _ = load_model(model_dirs("qwen3_moe"), device="cpu")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert attention_modules(model) and all(".self_attn." in name for name in attention_modules(model))
     out = _trained("lora", model_dirs, chat_data, tmp_path)
     weights = load_file(str(out.adapter_dir / "adapter_model.safetensors"))
     assert weights and all("lora_" in k and ".self_attn." in k for k in weights)
-    base, _ = workflows.load_model(model_dirs("qwen3_moe"), device="cpu")
+    base, _ = load_model(model_dirs("qwen3_moe"), device="cpu")
     loaded = get_method("lora").from_pretrained(base, out.adapter_dir)
     for name, param in loaded.model.named_parameters():
         base_name = name.replace("base_model.model.", "").replace(".base_layer", "")

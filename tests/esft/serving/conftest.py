@@ -39,16 +39,16 @@ def solo(assets):
     Returns ``(model, prompt) -> token ids`` for model in base/math/words/dense.
     """
     from esft.adapters import ESFTAdapter, applied
-    from esft.generation import _stop_id, encode_prompt, generate_ids
-    from esft.workflows import load_model
+    from esft.generation import encode_prompt, generate_ids, stop_token_ids
+    from esft.models.loading import load_model
     from tests.esft.serving.serving_assets import PROMPTS
 
     model, tokenizer = load_model(assets.model_dir)
-    stop = _stop_id(tokenizer)
+    stop = stop_token_ids(tokenizer, model.generation_config)
 
     def run(prompt: str) -> list[int]:
-        new = generate_ids(model, encode_prompt(tokenizer, prompt), max_new_tokens=12, eos_token_id=stop)
-        return new[:-1] if new and new[-1] == stop else new  # the engine does not return the stop token
+        new = generate_ids(model, encode_prompt(tokenizer, prompt), max_new_tokens=12, eos_token_id=sorted(stop))
+        return new[:-1] if new and new[-1] in stop else new  # the engine does not return the stop token
 
     answers = {("base", prompt): run(prompt) for prompt in PROMPTS}
     for name in ("math", "words", "dense"):

@@ -38,7 +38,7 @@ def test_pinned_adapters_are_never_evicted(assets, sizes):
     cache.pin("math")
     with pytest.raises(CacheFullError) as info:
         cache.get("words")  # only pinned adapters left to evict
-    assert info.value.status == 409
+    assert info.value.code == "adapter_cache_full"
     cache.pin("math", False)
     cache.get("words")
     assert "math" not in cache and "dense" in cache
@@ -51,7 +51,7 @@ def test_failures_are_per_adapter(assets, tmp_path):
     cache = AdapterCache(dict_resolver({**assets.adapters, "broken": broken}), 2**30, validate)
     with pytest.raises(UnknownModelError) as unknown:
         cache.get("nope")
-    assert unknown.value.status == 404
+    assert unknown.value.code == "model_not_found"
     with pytest.raises(AdapterLoadError):
         cache.get("broken")
     assert cache.get("math").name == "math"  # other adapters unaffected

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from esft import workflows
+from esft.models.loading import load_model
 from esft.serving import AdapterLoadError, GenerationRequest, SamplingParams, UnknownModelError, batch_generate
-from esft.workflows import load_model
 from tests.esft.serving.serving_assets import PROMPTS
 
 MODELS = ("base", "math", "words", "dense")
@@ -99,7 +99,7 @@ def test_failed_adapter_fails_only_its_requests(make_engine, solo):
     running = engine.submit(_request(engine, "math", PROMPTS[0], max_tokens=12))
     with pytest.raises(AdapterLoadError) as info:
         engine.submit(_request(engine, "alien", PROMPTS[0]))
-    assert info.value.code == "adapter_mismatch" and info.value.status == 400
+    assert info.value.code == "adapter_mismatch"
     with pytest.raises(UnknownModelError):
         engine.submit(_request(engine, "nope", PROMPTS[0]))
     assert running.result(60).token_ids == solo["math", PROMPTS[0]]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from esft.adapters import ESFTAdapter, applied
+from esft.models.loading import load_model
 from esft.serving import ExpertSlots
-from esft.workflows import load_model
 
 
 def _state(model) -> dict[str, torch.Tensor]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from esft.adapters import ESFTAdapter, applied
+from esft.models.loading import load_model
 from esft.serving.swap import HotSwap, row_runs
-from esft.workflows import load_model
 
 
 def test_row_runs_group_consecutive_rows():

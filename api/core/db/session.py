@@ -58,9 +58,3 @@ def session_scope(url: str) -> Iterator[Session]:
     finally:
         session.close()
 
-
-def create_all(url: str) -> None:
-    """Bring the schema to the latest Alembic revision (used by ``esft serve`` and tests)."""
-    from api.migrate import upgrade
-
-    upgrade(url)

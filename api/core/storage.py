@@ -12,9 +12,8 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CHUNK = 1024 * 1024
@@ -24,26 +23,12 @@ class TooLarge(Exception):
     """The stream passed the size limit; nothing was kept."""
 
 
-class Storage(Protocol):
-    def path(self, key: str) -> Path: ...
-    def exists(self, key: str) -> bool: ...
-    def delete(self, key: str) -> None: ...
-
-
 def check_key(key: str) -> list[str]:
     """Split a storage key, rejecting anything that could escape the root (``..``, absolute, odd chars)."""
     parts = key.split("/")
     if not parts or any(not _SEGMENT.match(part) or part in (".", "..") for part in parts):
         raise ValueError(f"invalid storage key {key!r}")
     return parts
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LocalStorage:
@@ -114,10 +99,3 @@ class LocalStorage:
             shutil.rmtree(target, ignore_errors=True)
         else:
             target.unlink(missing_ok=True)
-
-    def open(self, key: str) -> BinaryIO:
-        return open(self.path(key), "rb")
-
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
-        with self.open(key) as handle:
-            yield from iter(lambda: handle.read(CHUNK), b"")

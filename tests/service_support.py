@@ -1,6 +1,7 @@
 """Test support for the service: tiny datasets, job bodies, error checks and pytest fixtures.
 
-Test folders import the fixtures into their ``conftest.py`` (``from api.testing import client, ...``).
+Test folders import the fixtures into their ``conftest.py`` (``from tests.service_support import client, ...``);
+nothing in the service packages imports this module (or pytest).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.db.session import session_scope
+from api.core.db.session import session_scope
+from api.core.queue import RecordingQueue
+from api.core.settings import Settings
 from api.main import create_app
-from api.queue import RecordingQueue
 from api.services.auth import create_key
 from api.services.registry import add_base_model
-from api.settings import Settings
 
 
 def chat_rows(n: int = 12) -> list[dict]:

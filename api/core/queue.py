@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 STEPS = ("validate", "score", "select", "train", "evaluate", "register")
 TASK_NAMES = {step: f"esft.{step}" for step in STEPS}
@@ -59,11 +59,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 class CeleryQueue:
-    """Sends ``esft.<step>(job_id, dispatch_id)`` to the configured queue."""
+    """Sends ``esft.<step>(job_id, dispatch_id)`` to the configured queue: the one sender of the API and workers.
 
-    def __init__(self, settings: Settings):
+    The API builds a producer-only Celery app on first send; a worker passes its own ``app`` so the next
+    step leaves through the worker's broker connection.
+    """
+
+    def __init__(self, settings: Settings, app=None):
         self.settings = settings
-        self._app = None
+        self._app = app
 
     @property
     def app(self):

@@ -1,4 +1,4 @@
-"""Alembic environment: targets `api.db.models` metadata; the URL comes from the caller or api.settings."""
+"""Alembic environment: targets `api.core.db.models` metadata; the URL comes from the caller or `Settings`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.db.models import Base
-from api.db.session import make_engine
+from api.core.db.models import Base
+from api.core.db.session import make_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -18,7 +18,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from api.settings import Settings
+    from api.core.settings import Settings
 
     return Settings().database_url
 

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.db.models import Job, JobEvent
-from api.queue import STEPS, Queue
+from api.core.db.models import Job, JobEvent
+from api.core.queue import STEPS, Queue
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 PHASES = {

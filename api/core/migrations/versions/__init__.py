@@ -1,0 +1,1 @@
+"""Alembic revisions of the service database (package data, so wheels carry them)."""
