@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from esft.config import TrainingConfig
-from esft.evaluation import EvalResult, exact_match, stop_token_id, tokenize_rows
+from esft.evaluation import EvalResult, exact_match, tokenize_rows
 from esft.expert_config import ExpertConfig
+from esft.generation import stop_token_ids
 from esft.methods import get_model
 from esft.models.loading import load_model
 from esft.synthetic.tasks import TASKS, general_eval_rows, task_splits
@@ -82,7 +83,7 @@ def _task_data(model_dir: str, task: str, sizes: Sizes) -> dict[str, Any]:
     general = {name: tokenize_rows(rows, tokenizer) for name, rows in general_eval_rows(sizes.n_general).items()}
     return {"train": tokenize_rows(splits.train, tokenizer), "validation": tokenize_rows(splits.validation, tokenizer),
             "test": tokenize_rows(splits.test, tokenizer), "general": general,
-            "pad": tokenizer.pad_token_id, "stop": stop_token_id(tokenizer)}
+            "pad": tokenizer.pad_token_id, "stop": sorted(stop_token_ids(tokenizer))}
 
 
 def _rss_kib(field_name: str) -> int:
@@ -134,7 +135,7 @@ def _train(model: nn.Module, job: Job, data: dict) -> tuple[nn.Module, dict]:
 
 def _evaluate(model: nn.Module, data: dict, task: str) -> dict[str, Any]:
     def em(rows) -> EvalResult:
-        return exact_match(model, rows, pad_id=data["pad"], stop_id=data["stop"])
+        return exact_match(model, rows, pad_id=data["pad"], stop_ids=data["stop"])
 
     general = {name: em(rows).accuracy for name, rows in data["general"].items()}
     # General ability is what the task does not train: a task's own skill (e.g. `reverse`) is left out.

@@ -7,7 +7,7 @@ batched forward pass instead of token-by-token generation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,6 @@ from esft.constants import IGNORE_INDEX
 from esft.data.batching import collate
 from esft.data.formats import parse_example
 from esft.data.tokenize import TokenizedExample, tokenize_examples
-
-END_OF_TURN = "<|end|>"
 
 
 def tokenize_rows(rows: Sequence[Mapping[str, Any]], tokenizer, seq_len: int = 256) -> list[TokenizedExample]:
@@ -39,17 +37,17 @@ class EvalResult:
     n: int
 
 
-def _scored_positions(targets: torch.Tensor, stop_id: int) -> torch.Tensor:
-    """``[B, T]`` bool: labelled targets up to and including the first end-of-turn token."""
+def _scored_positions(targets: torch.Tensor, stop_ids: Collection[int]) -> torch.Tensor:
+    """``[B, T]`` bool: labelled targets up to and including the first stop token."""
     labelled = targets != IGNORE_INDEX
-    is_stop = (targets == stop_id) & labelled
+    is_stop = torch.isin(targets, torch.tensor(sorted(stop_ids), device=targets.device)) & labelled
     after_stop = (is_stop.long().cumsum(dim=1) - is_stop.long()) > 0
     return labelled & ~after_stop
 
 
 @torch.inference_mode()
 def exact_match(
-    model: nn.Module, data: Sequence[TokenizedExample], *, pad_id: int, stop_id: int, batch_size: int = 64
+    model: nn.Module, data: Sequence[TokenizedExample], *, pad_id: int, stop_ids: Collection[int], batch_size: int = 64
 ) -> EvalResult:
     """Share of examples whose answer greedy decoding reproduces exactly, and the answer-token loss.
 
@@ -57,7 +55,8 @@ def exact_match(
         model: a causal LM (evaluated in eval mode; its training flag is restored).
         data: tokenized rows whose labels mark the answer.
         pad_id: padding id for batches.
-        stop_id: the end-of-turn id that ends generation (``<|end|>``).
+        stop_ids: the ids that end a reply (``esft.generation.stop_token_ids``); an answer is scored up to
+            and including the first of them.
         batch_size: rows per forward pass.
     """
     was_training = model.training
@@ -68,15 +67,10 @@ def exact_match(
         batch = {k: v.to(device) for k, v in collate(list(data[start : start + batch_size]), pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]  # [B, T-1, V], [B, T-1]
-        scored = _scored_positions(targets, stop_id)
+        scored = _scored_positions(targets, stop_ids)
         hits = (logits.argmax(dim=-1) == targets) | ~scored
         correct += int(hits.all(dim=1).sum())
         loss_sum += float(F.cross_entropy(logits[scored], targets[scored], reduction="sum"))
         n_tokens += int(scored.sum())
     model.train(was_training)
     return EvalResult(correct / max(len(data), 1), loss_sum / max(n_tokens, 1), len(data))
-
-
-def stop_token_id(tokenizer) -> int:
-    """The end-of-turn id of the library's chat template."""
-    return int(tokenizer.convert_tokens_to_ids(END_OF_TURN))

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from esft.data.batching import collate
-from esft.evaluation import exact_match, stop_token_id, tokenize_rows
+from esft.evaluation import exact_match, tokenize_rows
+from esft.generation import stop_token_ids
 from esft.io import write_json_atomic
 from esft.models.discovery import find_moe_layers
 from esft.models.toy import toy_model
@@ -142,8 +143,8 @@ def _train(model: nn.Module, data: list, config: PretrainConfig, pad_id: int, lo
 
 def general_scores(model: nn.Module, tokenizer, n_per_task: int = 100) -> dict[str, float]:
     """Exact-match accuracy of ``model`` on each general task's held-out rows."""
-    pad, stop = tokenizer.pad_token_id, stop_token_id(tokenizer)
-    return {name: exact_match(model, tokenize_rows(rows, tokenizer), pad_id=pad, stop_id=stop).accuracy
+    pad, stop = tokenizer.pad_token_id, stop_token_ids(tokenizer)
+    return {name: exact_match(model, tokenize_rows(rows, tokenizer), pad_id=pad, stop_ids=stop).accuracy
             for name, rows in general_eval_rows(n_per_task).items()}
 
 

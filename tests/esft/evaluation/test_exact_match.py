@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from esft.evaluation import exact_match, stop_token_id, tokenize_rows
+from esft.evaluation import exact_match, tokenize_rows
+from esft.generation import stop_token_ids
 from esft.synthetic.chartok import build_char_tokenizer
 from esft.synthetic.tasks import TASKS, sample_rows
 
@@ -35,7 +36,7 @@ def _data():
 
 def test_oracle_scores_one_and_a_wrong_answer_token_fails_only_its_row():
     tokenizer, data = _data()
-    kwargs = dict(pad_id=tokenizer.pad_token_id, stop_id=stop_token_id(tokenizer))
+    kwargs = dict(pad_id=tokenizer.pad_token_id, stop_ids=stop_token_ids(tokenizer))
     assert exact_match(Oracle(len(tokenizer)), data, **kwargs).accuracy == 1.0
     first_answer = data[1].labels.index(next(y for y in data[1].labels if y != -100)) - 1
     assert exact_match(Oracle(len(tokenizer), {(1, first_answer)}), data, **kwargs).accuracy == 0.75
