@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,3 +75,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_directory_atomic(out_dir: str | Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Fill a new directory with ``write(tmp)`` and rename it to ``out_dir``: it is whole or absent."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        write(tmp)
+    return out_dir

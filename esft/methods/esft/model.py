@@ -17,7 +17,7 @@ from torch import nn
 from esft.adapters.adapter import ESFTAdapter
 from esft.adapters.swap import apply_adapter
 from esft.expert_config import ExpertConfig
-from esft.io import atomic_directory
+from esft.io import write_directory_atomic
 from esft.methods.esft.config import ExpertConfigLike, as_expert_config
 from esft.methods.esft.layer import SplitExperts
 from esft.models.discovery import MoELayer, find_moe_layers
@@ -91,10 +91,7 @@ class ESFTModel:
 
     def save_pretrained(self, out_dir: str | Path, *, metadata: dict | None = None, overwrite: bool = False) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors`` atomically to a new ``out_dir``."""
-        out_dir = Path(out_dir)
-        with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-            self.write_files(tmp, metadata)
-        return out_dir
+        return write_directory_atomic(out_dir, lambda tmp: self.write_files(tmp, metadata), overwrite=overwrite)
 
     def fold(self) -> nn.Module:
         """Undo the split in place (trained rows written into the fused tensors); returns the model."""

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from esft.constants import FFT_CONFIG_NAME
-from esft.io import atomic_directory, write_json_atomic
+from esft.io import write_directory_atomic, write_json_atomic
 from esft.methods.fft.config import FFTConfig
 
 
@@ -49,10 +49,7 @@ class FFTModel:
 
     def save_pretrained(self, out_dir: str | Path, *, metadata: dict | None = None, overwrite: bool = False) -> Path:
         """Write the model atomically to a new ``out_dir``."""
-        out_dir = Path(out_dir)
-        with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-            self.write_files(tmp, metadata)
-        return out_dir
+        return write_directory_atomic(out_dir, lambda tmp: self.write_files(tmp, metadata), overwrite=overwrite)
 
     def fold(self) -> nn.Module:
         """The model itself (nothing to fold)."""

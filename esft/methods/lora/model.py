@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from esft.errors import ConfigError
-from esft.io import atomic_directory
+from esft.io import write_directory_atomic
 from esft.methods.lora.config import LoRAConfig
 
 
@@ -52,10 +52,7 @@ class LoRAModel:
 
     def save_pretrained(self, out_dir: str | Path, *, metadata: dict | None = None, overwrite: bool = False) -> Path:
         """Write the adapter atomically to a new ``out_dir``."""
-        out_dir = Path(out_dir)
-        with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-            self.write_files(tmp, metadata)
-        return out_dir
+        return write_directory_atomic(out_dir, lambda tmp: self.write_files(tmp, metadata), overwrite=overwrite)
 
     def fold(self) -> nn.Module:
         """Merge the LoRA updates into the base weights and return the plain base model."""
