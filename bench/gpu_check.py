@@ -28,6 +28,14 @@ def _loss(model, ids):
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
+DEVICE = "cuda"
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def check_family(family: str, dtype: torch.dtype) -> dict:
     """Split loss/grad vs the full model, frozen rows after AdamW with weight decay, adapter apply/restore."""
     from esft.adapters import apply_adapter, restore
@@ -38,10 +46,10 @@ def check_family(family: str, dtype: torch.dtype) -> dict:
     from esft.models.toy import toy_model
     from esft.training.optim import MasterWeights, build_optimizer
 
-    model = toy_model(family, layers=2, experts=8, top_k=2, hidden=128).to("cuda", dtype)
+    model = toy_model(family, layers=2, experts=8, top_k=2, hidden=128).to(DEVICE, dtype)
     base = copy.deepcopy(model)
     reference = copy.deepcopy(model).requires_grad_(True)
-    ids = torch.randint(10, 512, (4, 32), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    ids = torch.randint(10, 512, (4, 32), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
     ref_loss = _loss(reference, ids)
     ref_loss.backward()
     layers = find_moe_layers(model)
@@ -88,7 +96,7 @@ def _timed_steps(model, params: dict, masters, batches) -> list[float]:
     optimizer = build_optimizer(params, TrainingConfig(learning_rate=1e-5, weight_decay=0.1))
     times = []
     for i, ids in enumerate(batches):
-        torch.cuda.synchronize()
+        _sync()
         start = time.perf_counter()
         _loss(model, ids).backward()
         if masters is not None:
@@ -97,7 +105,7 @@ def _timed_steps(model, params: dict, masters, batches) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         if masters is not None:
             masters.masters_to_model()
-        torch.cuda.synchronize()
+        _sync()
         if i >= 2:  # warm-up: optimizer state allocation, kernel selection
             times.append(time.perf_counter() - start)
     return times
@@ -118,11 +126,12 @@ def time_esft_vs_fft(args) -> dict:
     torch.manual_seed(0)
     template = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, 4096, (args.batch, args.seq), generator=g).cuda() for _ in range(args.steps + 2)]
+    batches = [torch.randint(0, 4096, (args.batch, args.seq), generator=g) for _ in range(args.steps + 2)]
+    batches = [b.to(DEVICE) for b in batches]
     arms: dict[str, list[float]] = {"esft": [], "fft": []}
     for _ in range(args.rounds):
         for arm in ("esft", "fft"):
-            model = copy.deepcopy(template).cuda()
+            model = copy.deepcopy(template).to(DEVICE)
             if arm == "fft":
                 model.requires_grad_(True)
                 arms[arm] += _timed_steps(model, {n: p for n, p in model.named_parameters()}, None, batches)
@@ -131,7 +140,8 @@ def time_esft_vs_fft(args) -> dict:
                 masters = MasterWeights(get_esft_model(model, selected).trainable_parameters())
                 arms[arm] += _timed_steps(model, masters.masters, masters, batches)
             del model
-            torch.cuda.empty_cache()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
     summary = {arm: {"min": min(t), "median": statistics.median(t), "max": max(t)} for arm, t in arms.items()}
     return {"config": vars(args) | {"params": sum(p.numel() for p in template.parameters())},
             "step_s": summary, "step_time_ratio_median": summary["esft"]["median"] / summary["fft"]["median"]}
@@ -146,15 +156,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="dry run of the script on the CPU (no GPU figures)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = "cpu" if args.cpu else "cuda"
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device"}))
         sys.exit(2)
     if args.quick:
         args.hidden, args.layers, args.batch, args.seq, args.steps, args.rounds = 256, 2, 2, 128, 3, 1
     checks = {f"{family}/{str(dtype).removeprefix('torch.')}": check_family(family, dtype)
               for family in FAMILIES for dtype in (torch.float32, torch.bfloat16)}
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    result = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "checks": checks,
               "timing": time_esft_vs_fft(args)}
     print(json.dumps(result, indent=1))
