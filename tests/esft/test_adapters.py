@@ -42,13 +42,12 @@ def test_apply_restore_merge_round_trip(family, model_dirs, chat_data, tmp_path)
     adapter = ESFTAdapter.from_pretrained(out.adapter_dir)
     ids = torch.randint(10, 400, (2, 16), generator=torch.Generator().manual_seed(0))
 
-    # The trained model itself: base + split twin loaded from the adapter's own weights.
+    # The trained model itself: base + trained rows loaded from the adapter's own weights.
     trained, _ = load_model(model_dir)
     prepared = get_esft_model(trained, adapter.expert_config)
     with torch.no_grad():
-        for key, tensor in adapter.tensors.items():
-            layer = next(ly for ly in prepared.layers if key.startswith(ly.experts_name + "."))
-            getattr(prepared.split[layer.layer_index].trainable, key.rsplit(".", 1)[1]).copy_(tensor)
+        for key, param in prepared.trainable_parameters().items():
+            param.copy_(adapter.tensors[key])
     expected = _logits(trained, ids)
 
     model, _ = load_model(model_dir)

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from esft.adapters.adapter import ESFTAdapter
 from esft.adapters.swap import apply_adapter
+from esft.errors import ConfigError
 from esft.expert_config import ExpertConfig
 from esft.io import write_directory_atomic
+from esft.methods.esft import one_pass
 from esft.methods.esft.config import ExpertConfigLike, as_expert_config
 from esft.methods.esft.layer import SplitExperts
 from esft.models.discovery import MoELayer, find_moe_layers
 from esft.models.families import SENTINEL_SAFE_KERNELS
 from esft.models.identity import identity_of
+
+ExpertsKernel = Literal["auto", "one_pass", "split"]
 
 
 @dataclass
@@ -33,7 +37,10 @@ class ESFTModel:
         model: the wrapped transformers model (modified in place); calling the ``ESFTModel`` calls it.
         config: the expert config it was prepared with (or loaded from an adapter).
         layers: the model's MoE layers.
-        split: decoder-layer index -> the ``SplitExperts`` holding that layer's trainable rows.
+        split: decoder-layer index -> the ``SplitExperts`` holding that layer's trainable rows (layouts the
+            one-pass kernel does not cover).
+        one_pass: decoder-layer index -> the trained rows of a layer served by the one-pass kernel
+            (``one_pass.py``): its fused tensors hold the rows, fp32 masters receive the gradients.
         dense_trainable: whole tensors that train in the paper's shared / non-expert variants.
 
     >>> from esft.models.toy import toy_model
@@ -46,6 +53,7 @@ class ESFTModel:
     config: ExpertConfig
     layers: list[MoELayer]
     split: dict[int, SplitExperts] = field(default_factory=dict)
+    one_pass: dict[int, one_pass.TrainedRows] = field(default_factory=dict)
     dense_trainable: dict[str, nn.Parameter] = field(default_factory=dict)
 
     method = "esft"
@@ -57,10 +65,8 @@ class ESFTModel:
         """Every parameter that trains, by adapter key (fused-param name for expert rows)."""
         params: dict[str, nn.Parameter] = {}
         for layer in self.layers:
-            if layer.layer_index in self.split:
-                twin = self.split[layer.layer_index].trainable
-                for name in layer.expert_params:
-                    params[f"{layer.experts_name}.{name}"] = getattr(twin, name)
+            for name, param in self._trained_rows(layer).items():
+                params[f"{layer.experts_name}.{name}"] = param
         params.update(self.dense_trainable)
         return params
 
@@ -75,9 +81,10 @@ class ESFTModel:
         rows: dict[str, int] = {}
         for layer in self.layers:
             split = self.split.get(layer.layer_index)
-            for name in layer.expert_params if split is not None else ():
+            base = split.base if split is not None else layer.experts(self.model)
+            for name, param in self._trained_rows(layer).items():
                 key = f"{layer.experts_name}.{name}"
-                tensors[key] = split.merged_rows(name).cpu().contiguous()
+                tensors[key] = param.detach().to(getattr(base, name).dtype).cpu().contiguous()
                 rows[key] = layer.layer_index
         for name, param in self.dense_trainable.items():
             tensors[name] = param.detach().cpu().contiguous()
@@ -99,7 +106,18 @@ class ESFTModel:
             if layer.layer_index in self.split:
                 block = layer.block(self.model)
                 setattr(block, layer.experts_attr, self.split.pop(layer.layer_index).fold())
+            if self.one_pass.pop(layer.layer_index, None) is not None:
+                one_pass.detach(layer.experts(self.model))
         return self.model
+
+    def _trained_rows(self, layer: MoELayer) -> dict[str, nn.Parameter]:
+        """Fused-parameter name -> the trainable rows of ``layer`` (empty when none of its experts train)."""
+        if layer.layer_index in self.one_pass:
+            return dict(self.one_pass[layer.layer_index].masters)
+        if layer.layer_index in self.split:
+            twin = self.split[layer.layer_index].trainable
+            return {name: getattr(twin, name) for name in layer.expert_params}
+        return {}
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, adapter_dir: str | Path) -> ESFTModel:
@@ -123,9 +141,13 @@ def _use_sentinel_safe_kernel(model: nn.Module) -> None:
 
 
 def get_esft_model(
-    model: nn.Module, expert_config: ExpertConfigLike, *, master_dtype: torch.dtype = torch.float32
+    model: nn.Module,
+    expert_config: ExpertConfigLike,
+    *,
+    master_dtype: torch.dtype = torch.float32,
+    experts_kernel: ExpertsKernel = "auto",
 ) -> ESFTModel:
-    """Freeze ``model`` and split out the experts ``expert_config`` selects (in place).
+    """Freeze ``model`` and make the experts ``expert_config`` selects trainable (in place).
 
     Everything is frozen (router, attention, norms, embeddings, lm_head, shared and unselected experts)
     except the selected experts, plus shared experts and/or all non-expert modules when the config's
@@ -134,13 +156,16 @@ def get_esft_model(
     Args:
         model: a transformers MoE causal LM.
         expert_config: an ``ExpertConfig``, its dict (ours or the official deepseek-ai/ESFT format) or a JSON path.
-        master_dtype: dtype of the trainable twins (fp32 master weights by default).
+        master_dtype: dtype of the trained rows' master weights (fp32 by default).
+        experts_kernel: ``"one_pass"`` trains the rows inside the fused tensors with one dispatch per layer
+            (``one_pass.py``), ``"split"`` moves them into a trainable twin module (``layer.py``); ``"auto"``
+            uses one pass wherever the layer's layout allows it, and the split elsewhere.
 
     Returns:
         The ``ESFTModel`` wrapping ``model``.
 
     Raises:
-        ConfigError: ``expert_config`` cannot be read.
+        ConfigError: ``expert_config`` cannot be read, or ``experts_kernel="one_pass"`` on a layout it cannot serve.
         AdapterMismatchError: the config names layers or experts the model lacks, or another model.
     """
     config = as_expert_config(expert_config)
@@ -152,17 +177,29 @@ def get_esft_model(
     for layer in layers:
         selected = config.experts.get(layer.layer_index, [])
         if selected:
-            split = SplitExperts(layer.experts(model), selected, layer.expert_params, master_dtype)
-            setattr(layer.block(model), layer.experts_attr, split)
-            prepared.split[layer.layer_index] = split
+            _make_trainable(prepared, layer, selected, master_dtype, experts_kernel)
     experts_prefixes = tuple(f"{ly.experts_name}." for ly in layers)
     shared_names = {n for ly in layers for n in ly.shared_param_names(model)}
     for name, param in model.named_parameters():
         if name.startswith(experts_prefixes):
-            continue  # routed experts: trained only through the twins above
+            continue  # routed experts: trained only through their trained rows
         is_shared = name in shared_names
         if (config.shared_experts and is_shared) or (config.non_expert_modules and not is_shared):
             param.requires_grad_(True)
             prepared.dense_trainable[name] = param
     return prepared
 
+
+def _make_trainable(prepared: ESFTModel, layer: MoELayer, selected: list[int], master_dtype, kernel: str) -> None:
+    """Train ``selected`` experts of ``layer`` through the one-pass kernel or the two-module split."""
+    experts = layer.experts(prepared.model)
+    reason = one_pass.one_pass_reason(experts, layer.expert_params)
+    if kernel == "one_pass" and reason:
+        raise ConfigError(f"`experts_kernel`: the one-pass kernel cannot train layer {layer.layer_index}: {reason}; "
+                          "use 'auto' or 'split'", param="experts_kernel")
+    if kernel != "split" and reason is None:
+        prepared.one_pass[layer.layer_index] = one_pass.attach(experts, selected, layer.expert_params, master_dtype)
+        return
+    split = SplitExperts(experts, selected, layer.expert_params, master_dtype)
+    setattr(layer.block(prepared.model), layer.experts_attr, split)
+    prepared.split[layer.layer_index] = split
