@@ -49,6 +49,10 @@ class Sampler:
         self.plain = self.greedy and not (
             p.logit_bias or p.presence_penalty or p.frequency_penalty or p.logprobs is not None or self.grammar
         )
+        ids = [token for token, _ in p.logit_bias]
+        biases = [float("-inf") if bias <= BAN_BIAS else bias for _, bias in p.logit_bias]
+        self.bias_ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # [n_biased]
+        self.bias_values = torch.tensor(biases, dtype=torch.float32, device=self.device)  # -inf: banned
 
     def observe(self, token: int) -> None:
         """Record a generated token (penalties count it; the grammar consumes it)."""
@@ -60,8 +64,8 @@ class Sampler:
         """``logits [V]`` after bias, penalties and grammar mask (a float32 copy)."""
         out = logits.float().clone()
         p = self.params
-        for token, bias in p.logit_bias:
-            out[token] = float("-inf") if bias <= BAN_BIAS else out[token] + bias
+        if p.logit_bias:
+            out.index_add_(0, self.bias_ids.to(out.device), self.bias_values.to(out.device))
         if self.counts and (p.presence_penalty or p.frequency_penalty):
             ids = torch.tensor(list(self.counts), device=out.device)
             times = torch.tensor(list(self.counts.values()), device=out.device, dtype=out.dtype)

@@ -14,6 +14,7 @@ from tests.api.inference.sdk_objects import objects
 from tests.esft.serving.serving_assets import PROMPTS
 from tests.service_support import assert_error
 
+_HI = {"messages": [{"role": "user", "content": "hi"}]}
 SCHEMA = {
     "type": "object",
     "properties": {"ok": {"type": "boolean"}, "digit": {"type": "integer", "minimum": 0, "maximum": 9}},
@@ -135,6 +136,9 @@ def test_fingerprint_names_the_base_and_the_adapter_revision(inference):
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
         ({"best_of": 2}, "best_of", "not supported"),
+        ({"prompt": []}, "prompt", ""),
+        ({"prompt": ["a", "b"]}, "prompt", "one prompt"),
+        ({"prompt": 5}, "prompt", ""),
         ({"frobnicate": 1}, "frobnicate", "Unrecognized request argument supplied: frobnicate"),
         ({"stream_options": {"include_usage": True, "extra": 1}}, "stream_options.extra", "Extra inputs"),
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": 5}]}, "messages[1].content", ""),
@@ -146,10 +150,9 @@ def test_fingerprint_names_the_base_and_the_adapter_revision(inference):
     ],
 )
 def test_refused_and_unknown_fields_are_400_naming_them(inference, body, param, message):
-    path = "/v1/completions" if "best_of" in body else "/v1/chat/completions"
-    payload = {"model": "toy", "messages": [{"role": "user", "content": "hi"}], **body}
-    if path == "/v1/completions":
-        payload = {"model": "toy", "prompt": "hi", **body}
+    legacy = "best_of" in body or "prompt" in body
+    path = "/v1/completions" if legacy else "/v1/chat/completions"
+    payload = {"model": "toy", "prompt": "hi", **body} if legacy else {"model": "toy", **_HI, **body}
     error = assert_error(inference.post(path, json=payload), 400, param=param)
     assert message in error["message"]
 
