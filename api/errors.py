@@ -71,14 +71,15 @@ _LOC_TAGS = re.compile(
 
 
 def _loc_to_param(loc: tuple | list) -> str | None:
-    parts = []
+    """The field as OpenAI names it: ``messages[1].content``, ``method.esft.top_p``."""
+    param = ""
     for part in loc:
         if part in ("body", "query", "path", "header", "cookie"):
             continue
         if isinstance(part, str) and _LOC_TAGS.match(part):
             break
-        parts.append(str(part))
-    return ".".join(parts) or None
+        param += f"[{part}]" if isinstance(part, int) else f".{part}" if param else str(part)
+    return param or None
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
@@ -16,7 +16,10 @@ from api.core.db.session import session_factory
 from api.core.queue import CeleryQueue, Queue
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
+from api.deps import get_principal
 from api.errors import CatchAllMiddleware, install_error_handlers
+from api.inference.operations import TAG as INFERENCE_TAG
+from api.inference.operations import DocumentOnly, inference_router
 from api.limits import BodyLimitMiddleware
 from api.routes import admin, files, health, jobs, models
 
@@ -26,6 +29,7 @@ TAGS = [
     {"name": "models", "description": "Base models and trained ESFT adapters."},
     {"name": "admin", "description": "Operator actions (admin key)."},
     {"name": "health", "description": "Probes; no API key needed."},
+    INFERENCE_TAG,
 ]
 
 
@@ -52,6 +56,12 @@ def _no_422(schema: dict[str, Any]) -> None:
         schema.get("components", {}).get("schemas", {}).pop(name, None)
 
 
+def _documented_routes(app: FastAPI) -> list:
+    """The app's routes, with the inference operations declared whether or not an engine is mounted."""
+    declared = inference_router(DocumentOnly(), [Depends(get_principal)], operation_id).routes
+    return [r for r in app.routes if "inference" not in getattr(r, "tags", ())] + declared
+
+
 def _custom_openapi(app: FastAPI):
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -59,7 +69,7 @@ def _custom_openapi(app: FastAPI):
                 title=app.title,
                 version=app.version,
                 description=app.description,
-                routes=app.routes,
+                routes=_documented_routes(app),
                 tags=TAGS,
             )
             _binary_file_fields(schema)

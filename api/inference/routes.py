@@ -1,15 +1,19 @@
-"""The inference router: OpenAI-compatible chat and text completions over an ``esft.serving.Engine``,
-plus adapter load/unload/pin. ``model`` names the base model or an adapter (as in vLLM and LoRAX).
+"""The inference handlers: OpenAI-compatible chat and text completions over an ``esft.serving.Engine``, plus
+adapter load/unload/pin. ``model`` names the base model or an adapter (as in vLLM and LoRAX). The operations
+themselves (paths, bodies, responses) are declared in ``api.inference.operations``.
 
 The engine is found per request from the request and the ``model`` it names
 (``request.app.state.inference_engine`` by default), so the router can be built before any engine is
 loaded and a service can keep one engine per base model. The getter may refuse a model (raise a
 ``ServiceError``), which is how the embedding service hides adapters of another project.
+
+A request with ``n`` choices is ``n`` engine requests (choice ``i`` of a seeded request uses ``seed + i``);
+they are decoded in the same batches.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,23 +23,15 @@ from starlette.concurrency import run_in_threadpool
 
 from api.core.errors import ServiceError
 from api.inference.bridge import AsyncRequest, call
-from api.inference.schemas import (
-    AdapterPin,
-    AdapterState,
-    ChatCompletion,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EngineState,
-    TextCompletion,
-)
-from api.inference.sse import ResponseMeta, chat_chunks, text_chunks
-from api.schemas.common import error_responses
+from api.inference.objects import ResponseMeta, TokenTexts, chat_completion, text_completion
+from api.inference.operations import inference_router
+from api.inference.sse import chat_chunks, text_chunks
+from api.schemas.inference import AdapterPin, ChatCompletionRequest, CompletionRequest
+from api.schemas.inference_objects import AdapterState, EngineState
 from esft.serving import CachedAdapter, Engine, GenerationRequest, SamplingParams
 
 EngineGetter = Callable[[Request, str | None], Engine]
-
-ERRORS = error_responses(400, 404, 409, 422, 503)
-_SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "with `stream: true`"}
+Body = ChatCompletionRequest | CompletionRequest
 
 
 def _default_engine(request: Request, model: str | None = None) -> Engine:
@@ -45,14 +41,19 @@ def _default_engine(request: Request, model: str | None = None) -> Engine:
     return engine
 
 
-def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+def _sampling(body: Body, choice: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=body.token_limit,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stop_strings(),
-        seed=body.seed,
+        seed=None if body.seed is None else (body.seed + choice) % 2**63,
         ignore_eos=body.ignore_eos,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.bias_pairs(),
+        logprobs=body.logprobs_k,
+        json_schema=body.schema_text(),
     )
 
 
@@ -62,70 +63,97 @@ def _adapter_state(entry: CachedAdapter) -> AdapterState:
     )
 
 
+def _fingerprint(engine: Engine, model: str) -> str:
+    """``system_fingerprint``: the base model, and the adapter's weights revision (sha256 prefix)."""
+    if engine.is_base(model):
+        return f"fp_{engine.base_name}"
+    return f"fp_{engine.base_name}+{engine.cache.get(model).fingerprint_part}"
+
+
 class InferenceRoutes:
     """The route handlers, bound to one way of finding (and refusing) the engine for a model."""
 
     def __init__(self, engine: Engine | EngineGetter | None):
         fixed = isinstance(engine, Engine)
         self.engine: EngineGetter = (lambda _r, _m: engine) if fixed else (engine or _default_engine)
+        self._texts: dict[int, TokenTexts] = {}
 
     async def _allowed(self, request: Request, model: str) -> Engine:
         return await run_in_threadpool(self.engine, request, model)
 
-    async def _submit(self, engine: Engine, body, prompt_ids: list[int], prefix: str):
-        adapter = None if engine.is_base(body.model) else body.model
-        pending = await AsyncRequest.submit(engine, GenerationRequest(prompt_ids, adapter, _sampling(body)))
-        return pending, ResponseMeta(body.model, len(prompt_ids), prefix)
+    def _token_texts(self, engine: Engine) -> TokenTexts:
+        return self._texts.setdefault(id(engine.tokenizer), TokenTexts(engine.tokenizer))
 
-    async def chat(self, body: ChatCompletionRequest, request: Request):
+    async def _submit(self, engine: Engine, body: Body, prompt_ids: list[int], prefix: str):
+        """Submit the ``n`` choices; a refusal cancels the choices already queued."""
+        if body.n > engine.config.max_choices:
+            raise ServiceError(
+                400, f"`n` is at most {engine.config.max_choices} on this server.", code="invalid_value", param="n"
+            )
+        adapter = None if engine.is_base(body.model) else body.model
+        pending: list[AsyncRequest] = []
+        try:
+            for choice in range(body.n):
+                request = GenerationRequest(prompt_ids, adapter, _sampling(body, choice))
+                pending.append(await AsyncRequest.submit(engine, request))
+        except ServiceError as exc:
+            for queued in pending:
+                queued.handle.cancel()
+            if exc.param == "max_tokens":
+                exc.param = body.token_limit_field
+            raise
+        fingerprint = await call(_fingerprint, engine, body.model)
+        return pending, ResponseMeta(body.model, len(prompt_ids), fingerprint, prefix)
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
         engine = await self._allowed(request, body.model)
         ids = await call(engine.encode, [m.as_dict() for m in body.messages])
         pending, meta = await self._submit(engine, body, ids, "chatcmpl")
+        texts = self._token_texts(engine)
         if body.stream:
-            return StreamingResponse(chat_chunks(pending, meta, body.include_usage), media_type="text/event-stream")
-        done = await pending.result()
-        return ChatCompletion(
-            id=meta.id,
-            created=meta.created,
-            model=meta.model,
-            usage=meta.usage(done),
-            choices=[{"message": {"content": done.text}, "finish_reason": done.finish_reason}],
-        )
+            events = chat_chunks(pending, meta, body.include_usage, texts, bool(body.logprobs))
+            return StreamingResponse(events, media_type="text/event-stream")
+        return chat_completion(meta, await _results(pending), texts)
 
-    async def complete(self, body: CompletionRequest, request: Request):
+    async def complete(self, body: CompletionRequest, request: Request) -> Any:
         engine = await self._allowed(request, body.model)
         ids = await call(_prompt_ids, engine, body.prompt)
         pending, meta = await self._submit(engine, body, ids, "cmpl")
+        texts = self._token_texts(engine)
         if body.stream:
-            return StreamingResponse(text_chunks(pending, meta, body.include_usage), media_type="text/event-stream")
-        done = await pending.result()
-        return TextCompletion(
-            id=meta.id,
-            created=meta.created,
-            model=meta.model,
-            usage=meta.usage(done),
-            choices=[{"text": done.text, "finish_reason": done.finish_reason}],
-        )
+            events = text_chunks(pending, meta, body.include_usage, texts, body.logprobs is not None)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return text_completion(meta, await _results(pending), texts)
 
-    async def list_adapters(self, request: Request) -> EngineState:
+    async def list_adapters(self, request: Request) -> Any:
         return EngineState(data=await call((await run_in_threadpool(self.engine, request, None)).stats))
 
-    async def load(self, name: str, request: Request) -> AdapterState:
+    async def load(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)
         return _adapter_state(await call(engine.load_adapter, name))
 
-    async def unload(self, name: str, request: Request) -> AdapterState:
+    async def unload(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)
         await call(engine.unload_adapter, name)
         return AdapterState(id=name, loaded=False)
 
-    async def pin(self, name: str, request: Request, body: AdapterPin | None = None) -> AdapterState:
+    async def pin(self, name: str, request: Request, body: AdapterPin | None = None) -> Any:
         engine = await self._allowed(request, name)
         return _adapter_state(await call(engine.pin_adapter, name, True if body is None else body.pinned))
 
-    async def unpin(self, name: str, request: Request) -> AdapterState:
+    async def unpin(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)
         return _adapter_state(await call(engine.pin_adapter, name, False))
+
+
+async def _results(pending: Sequence[AsyncRequest]):
+    """Every choice's completion; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(p.result()) for p in pending]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def create_inference_router(
@@ -141,34 +169,7 @@ def create_inference_router(
             raise a ``ServiceError`` to refuse the model.
         dependencies: route dependencies, e.g. ``[Depends(get_principal)]`` to require an API key.
     """
-    routes = InferenceRoutes(engine)
-    router = APIRouter(tags=["inference"], dependencies=list(dependencies), responses=ERRORS)
-    post = functools.partial(router.add_api_route, methods=["POST"])
-    post(
-        "/v1/chat/completions",
-        routes.chat,
-        name="create_chat_completion",
-        response_model=ChatCompletion,
-        responses={200: _SSE},
-    )
-    post(
-        "/v1/completions",
-        routes.complete,
-        name="create_completion",
-        response_model=TextCompletion,
-        responses={200: _SSE},
-    )
-    router.add_api_route(
-        "/v1/adapters", routes.list_adapters, methods=["GET"], name="list_adapters", response_model=EngineState
-    )
-    for action in ("load", "unload", "pin", "unpin"):
-        post(
-            f"/v1/adapters/{{name}}/{action}",
-            getattr(routes, action),
-            name=f"{action}_adapter",
-            response_model=AdapterState,
-        )
-    return router
+    return inference_router(InferenceRoutes(engine), dependencies)
 
 
 def _prompt_ids(engine: Engine, prompt: str | list[str] | list[int]) -> list[int]:

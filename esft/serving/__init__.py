@@ -12,7 +12,15 @@ from esft.serving.errors import (
     ServingError,
     UnknownModelError,
 )
-from esft.serving.requests import Completion, GenerationRequest, RequestHandle, SamplingParams, TokenEvent
+from esft.serving.grammar import GrammarUnsupportedError
+from esft.serving.requests import (
+    Completion,
+    GenerationRequest,
+    RequestHandle,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
 from esft.serving.slots import ExpertSlots
 
 __all__ = [
@@ -26,12 +34,14 @@ __all__ = [
     "EngineConfig",
     "ExpertSlots",
     "GenerationRequest",
+    "GrammarUnsupportedError",
     "RequestCancelled",
     "RequestHandle",
     "Resolver",
     "SamplingParams",
     "ServingError",
     "TokenEvent",
+    "TokenLogprob",
     "UnknownModelError",
     "batch_generate",
     "dict_resolver",

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicLayer
 
-from esft.serving.decoding import Sampler, TextStream, next_tokens
-from esft.serving.requests import Completion, RequestHandle, TokenEvent, cancelled_error
+from esft.serving.decoding import Sampler, TextStream, TokenChoice, next_tokens
+from esft.serving.requests import Completion, RequestHandle, TokenEvent, TokenLogprob, cancelled_error
 
 
 @dataclass
@@ -34,28 +34,41 @@ class Row:
     stop_ids: frozenset[int]  # esft.generation.stop_token_ids
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, when asked for
+    unsent_logprobs: int = 0  # of them, not yet attached to a streamed event
 
-    def accept(self, token: int) -> bool:
+    def accept(self, choice: TokenChoice) -> bool:
         """Record one new token, stream its text; True when this request is finished."""
+        token = choice.token
         if token in self.stop_ids and not self.sampler.params.ignore_eos:
             self.finish_reason = "stop"
             return True
         self.generated.append(token)
+        self.sampler.observe(token)
+        if choice.logprob is not None:
+            self.logprobs.append(choice.logprob)
+            self.unsent_logprobs += 1
         text, stopped = self.stream.push(token)
         if text:
-            self.handle.push(TokenEvent(token, text))
-        if stopped:
+            self._push(token, text)
+        if stopped or (self.sampler.grammar is not None and self.sampler.grammar.done):
             self.finish_reason = "stop"
         elif len(self.generated) >= self.max_tokens:
             self.finish_reason = "length"
         return self.finish_reason is not None
 
+    def _push(self, token: int, text: str) -> None:
+        fresh = self.logprobs[len(self.logprobs) - self.unsent_logprobs :] if self.unsent_logprobs else []
+        self.unsent_logprobs = 0
+        self.handle.push(TokenEvent(token, text, fresh))
+
     def complete(self) -> None:
         tail = self.stream.flush()
-        if tail:
-            self.handle.push(TokenEvent(self.generated[-1], tail))
+        if tail or self.unsent_logprobs:
+            self._push(self.generated[-1], tail)
         prompt = len(self.handle.request.prompt_ids)
-        self.handle.finish(Completion(self.stream.text, list(self.generated), self.finish_reason, prompt))
+        logprobs = list(self.logprobs) if self.sampler.params.logprobs is not None else None
+        self.handle.finish(Completion(self.stream.text, list(self.generated), self.finish_reason, prompt, logprobs))
 
 
 SetRows = Callable[[torch.Tensor], None]
@@ -134,14 +147,21 @@ class RunningBatch:
     def _advance(self, logits: torch.Tensor, first: int) -> None:
         """Pick the next token of rows ``first:`` from ``logits [b, V]``, then drop finished rows."""
         rows = self.rows[first:]
-        tokens = next_tokens(logits, [row.sampler for row in rows])
+        choices = next_tokens(logits, [row.sampler for row in rows])
+        tokens = [self.pad_id if isinstance(c, Exception) else c.token for c in choices]  # failed rows leave below
         chosen = torch.tensor(tokens, device=self.device).unsqueeze(1)
         self.next_input = chosen if first == 0 else torch.cat([self.next_input, chosen])
-        for row, token in zip(rows, tokens, strict=True):
+        for row, choice in zip(rows, choices, strict=True):
             if row.handle.cancelled:
                 row.handle.fail(cancelled_error(row.handle.request))
-            elif row.accept(token):
-                row.complete()
+            elif isinstance(choice, Exception):
+                row.handle.fail(choice)  # its sampling failed: only this request
+            else:
+                try:
+                    if row.accept(choice):
+                        row.complete()
+                except Exception as exc:  # noqa: BLE001 - e.g. its grammar broke: only this request
+                    row.handle.fail(exc)
         self.drop([i for i, row in enumerate(self.rows) if row.handle.done])
 
     def drop(self, indices: Sequence[int]) -> list[Row]:

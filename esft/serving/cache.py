@@ -7,6 +7,7 @@ blocks requests for other adapters, and a failure is raised only to the requests
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esft.adapters import ESFTAdapter
+from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from esft.errors import ESFTError
 from esft.serving.errors import AdapterLoadError, CacheFullError, UnknownModelError
 
@@ -34,6 +36,11 @@ class CachedAdapter:
     path: Path
     load_ms: float
     pinned: bool = False
+    revision: str = ""  # the sha256 of its weights (from adapter_config.json): names this exact version
+
+    @property
+    def fingerprint_part(self) -> str:
+        return self.revision[:12] or "unversioned"
 
     @property
     def nbytes(self) -> int:
@@ -130,7 +137,7 @@ class AdapterCache:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise AdapterLoadError(f"Adapter {name!r} could not be loaded from {path}: {exc}", param="model") from exc
         load_ms = (time.perf_counter() - started) * 1000
-        return CachedAdapter(name, adapter, Path(path), load_ms)
+        return CachedAdapter(name, adapter, Path(path), load_ms, revision=_weights_sha256(Path(path)))
 
     def _make_room(self, nbytes: int, name: str) -> None:
         """Evict LRU unpinned adapters until ``nbytes`` more fit; caller holds the lock."""
@@ -167,3 +174,12 @@ class AdapterCache:
                 if self._entries.get(name) is entry:  # not evicted between get and here
                     entry.pinned = pinned
                     return entry
+
+
+def _weights_sha256(path: Path) -> str:
+    """The weights' sha256 recorded in the adapter's config ("" when it records none)."""
+    try:
+        config = json.loads((path / ADAPTER_CONFIG_NAME).read_text())
+        return str(config.get("weights", {}).get(ADAPTER_WEIGHTS_NAME, {}).get("sha256") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""

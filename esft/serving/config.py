@@ -25,7 +25,9 @@ class EngineConfig:
             in some layer than fit is hot-swapped instead.
         max_adapters_in_batch: adapters that can be resident in the slots at once.
         max_batch_size: requests decoded together.
-        max_new_tokens: default and cap of ``max_tokens``.
+        max_new_tokens: the most tokens a request may ask for (also bounded by the context left after
+            the prompt); a larger ``max_tokens`` is refused, an unset one means as many as allowed.
+        max_choices: the most choices (OpenAI's ``n``) one HTTP request may ask for.
         device: ``"cuda"``/``"cpu"``; ``None`` picks CUDA when available.
         dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         idle_wait_s: how long the scheduler sleeps when there is nothing to do (woken by new requests).
@@ -40,6 +42,7 @@ class EngineConfig:
     max_adapters_in_batch: int = 16
     max_batch_size: int = 8
     max_new_tokens: int = 512
+    max_choices: int = 16
     device: str | None = None
     dtype: str = "auto"
     idle_wait_s: float = 0.5
@@ -52,6 +55,7 @@ class EngineConfig:
             (self.max_adapters_in_batch >= 1, "`max_adapters_in_batch` must be >= 1"),
             (self.max_batch_size >= 1, f"`max_batch_size` must be >= 1, got {self.max_batch_size}"),
             (self.max_new_tokens >= 1, f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}"),
+            (self.max_choices >= 1, f"`max_choices` must be >= 1, got {self.max_choices}"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"`dtype` {self.dtype!r} is not known"),
             (self.idle_wait_s > 0, "`idle_wait_s` must be > 0"),
         ]

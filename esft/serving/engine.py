@@ -31,6 +31,7 @@ from esft.serving.cache import AdapterCache, CachedAdapter, Resolver
 from esft.serving.config import EngineConfig
 from esft.serving.decoding import Sampler, TextStream
 from esft.serving.errors import EngineClosedError, ServingError
+from esft.serving.grammar import GrammarCompiler, JsonConstraint
 from esft.serving.requests import EventCallback, GenerationRequest, RequestHandle, cancelled_error
 from esft.serving.slots import ExpertSlots
 from esft.serving.swap import HotSwap
@@ -43,6 +44,7 @@ class _Pending:
     handle: RequestHandle
     entry: CachedAdapter | None  # None: the base model
     max_tokens: int
+    grammar: JsonConstraint | None = None  # response_format's constrained decoding
 
 
 class Engine:
@@ -76,6 +78,8 @@ class Engine:
         self.slots = self._make_slots()
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         self.device = next(model.parameters()).device
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.grammars = GrammarCompiler(tokenizer, self.vocab_size, self.stop_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.batch = RunningBatch(model, pad, self.slots.set_rows if self.slots else None)
         self.weights_lock = threading.RLock()
@@ -172,10 +176,17 @@ class Engine:
 
         Raises:
             UnknownModelError, AdapterLoadError, CacheFullError: the request's adapter cannot be served.
-            ServingError: the prompt does not fit the model's context.
+            ServingError: the prompt does not fit the model's context, ``max_tokens`` exceeds what is left
+                of it (or ``max_new_tokens``), a ``logit_bias`` token is outside the vocabulary, or the
+                JSON schema cannot be used (``GrammarUnsupportedError``).
         """
+        max_tokens = self._max_tokens(request)
+        params = request.params
+        if any(token >= self.vocab_size for token, _ in params.logit_bias):
+            raise ServingError(f"`logit_bias` token ids must be < {self.vocab_size}.", param="logit_bias")
+        grammar = self.grammars.compile(params.json_schema) if params.json_schema else None
         entry = None if self.is_base(request.model) else self.cache.get(request.model)
-        pending = _Pending(RequestHandle(request, on_event), entry, self._max_tokens(request))
+        pending = _Pending(RequestHandle(request, on_event), entry, max_tokens, grammar)
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the engine is shut down")
@@ -190,21 +201,28 @@ class Engine:
         return self.submit(request).result(timeout)
 
     def _max_tokens(self, request: GenerationRequest) -> int:
-        wanted = request.params.max_tokens or self.config.max_new_tokens
-        wanted = min(wanted, self.config.max_new_tokens)
+        """``max_tokens``, or the most allowed when unset: min(context - prompt, ``max_new_tokens``).
+        Asking for more is an error, never a silent cut."""
         context = getattr(self.model.config, "max_position_embeddings", None)
         prompt = len(request.prompt_ids)
         if prompt == 0:
             raise ServingError("The prompt is empty.", param="messages", code="empty_prompt")
-        if context is not None:
-            if prompt >= context:
-                raise ServingError(
-                    f"The prompt has {prompt} tokens; this model's context is {context} tokens.",
-                    param="messages",
-                    code="context_length_exceeded",
-                )
-            wanted = min(wanted, context - prompt)
-        return wanted
+        if context is not None and prompt >= context:
+            raise ServingError(
+                f"The prompt has {prompt} tokens; this model's context is {context} tokens.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        allowed = self.config.max_new_tokens if context is None else min(self.config.max_new_tokens, context - prompt)
+        wanted = request.params.max_tokens
+        if wanted is not None and wanted > allowed:
+            raise ServingError(
+                f"`max_tokens` is too large: {wanted}. With this {prompt}-token prompt this server generates at most "
+                f"{allowed} tokens (min(context {context} - prompt, max_new_tokens {self.config.max_new_tokens})).",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
+        return wanted or allowed
 
     # ---------------------------------------------------------------------------------------- adapters
 
@@ -360,7 +378,7 @@ class Engine:
             name,
             table_row,
             pending.max_tokens,
-            Sampler(params, self.device),
+            Sampler(params, self.device, pending.grammar),
             TextStream(self.tokenizer, params.stop),
             self.stop_ids,
         )

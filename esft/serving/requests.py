@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import queue
 import threading
 import uuid
@@ -11,18 +13,34 @@ from dataclasses import dataclass, field
 from esft.errors import ConfigError
 from esft.serving.errors import RequestCancelled
 
+MIN_TEMPERATURE = 1e-4
+"""Temperatures below this decode greedily: dividing logits by them overflows float32 (and the
+distribution is one-hot at that precision anyway)."""
+BAN_BIAS = -100.0
+"""A ``logit_bias`` this low bans the token outright (OpenAI: -100 "should result in a ban")."""
+MAX_SEED = 2**63 - 1
+MAX_TOP_LOGPROBS = 20
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
 
     Attributes:
-        max_tokens: new tokens at most (``None``: the engine's ``max_new_tokens``).
-        temperature: 0 is greedy; otherwise logits are divided by it before sampling.
+        max_tokens: new tokens at most (``None``: as many as the engine's ``max_new_tokens`` and the
+            context allow; more than that is refused).
+        temperature: 0 is greedy (so is anything below ``MIN_TEMPERATURE``); otherwise logits are divided
+            by it before sampling.
         top_p: nucleus sampling: sample among the most likely tokens whose probabilities sum to ``top_p``.
         stop: strings that end the completion (not included in the text).
         seed: seeds this request's own random generator, so sampling does not depend on the batch.
         ignore_eos: keep generating past the stop tokens up to ``max_tokens`` (vLLM's ``ignore_eos``; for benchmarks).
+        presence_penalty: subtracted once from the logit of every token already generated (-2 to 2).
+        frequency_penalty: subtracted from a token's logit per time it was generated (-2 to 2).
+        logit_bias: ``(token id, bias)`` pairs added to the logits (-100 to 100; -100 bans the token).
+        logprobs: ``None``: no log-probabilities; ``k`` (0 to 20): the chosen token's and the top ``k``.
+        json_schema: a JSON schema (as JSON text) the completion must follow (constrained decoding);
+            ``{"type": "object"}`` for any JSON object.
     """
 
     max_tokens: int | None = None
@@ -31,19 +49,50 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_tokens is not None and self.max_tokens < 1:
-            problems.append(f"`max_tokens` must be >= 1, got {self.max_tokens}")
-        if not 0.0 <= self.temperature <= 2.0:
-            problems.append(f"`temperature` must be between 0 and 2, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append(f"`top_p` must be in (0, 1], got {self.top_p}")
-        if len(self.stop) > 4 or any(not s for s in self.stop):
-            problems.append("`stop` takes at most 4 non-empty strings")
+        problems = [message for ok, message in self._checks() if not ok]
         if problems:
             raise ConfigError(problems, param="sampling")
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        def bounded(value, low, high) -> bool:
+            return isinstance(value, int | float) and math.isfinite(value) and low <= value <= high
+
+        return [
+            (self.max_tokens is None or self.max_tokens >= 1, f"`max_tokens` must be >= 1, got {self.max_tokens}"),
+            (bounded(self.temperature, 0.0, 2.0), f"`temperature` must be between 0 and 2, got {self.temperature}"),
+            (bounded(self.top_p, 0.0, 1.0) and self.top_p > 0, f"`top_p` must be in (0, 1], got {self.top_p}"),
+            (len(self.stop) <= 4 and all(self.stop), "`stop` takes at most 4 non-empty strings"),
+            (self.seed is None or 0 <= self.seed <= MAX_SEED, f"`seed` must be in [0, 2**63 - 1], got {self.seed}"),
+            (bounded(self.presence_penalty, -2.0, 2.0), "`presence_penalty` must be between -2 and 2"),
+            (bounded(self.frequency_penalty, -2.0, 2.0), "`frequency_penalty` must be between -2 and 2"),
+            (all(t >= 0 and bounded(b, -100, 100) for t, b in self.logit_bias), "`logit_bias` values: -100 to 100"),
+            (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS, "`logprobs` must be in [0, 20]"),
+            (self.json_schema is None or _is_json_object(self.json_schema), "`json_schema` must be a JSON object"),
+            (not (self.json_schema and self.ignore_eos), "`ignore_eos` cannot be combined with a JSON schema"),
+        ]
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the ``(token id, logprob)`` of the most likely alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -58,10 +107,12 @@ class GenerationRequest:
 
 @dataclass
 class TokenEvent:
-    """A newly generated token and the text it adds (possibly empty while a stop string may start)."""
+    """A newly generated token and the text it adds (possibly empty while a stop string may start), with
+    the log-probabilities of the tokens generated since the previous event (when asked for)."""
 
     token_id: int
     text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +123,7 @@ class Completion:
     token_ids: list[int]
     finish_reason: str
     prompt_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
 
     @property
     def completion_tokens(self) -> int:

@@ -108,7 +108,7 @@ def test_one_pass_per_request_key_and_adapter_row_read_once_weights_hashed_once(
 
 def test_engines_close_when_the_app_shuts_down(client, settings, auth, base_model):
     app = create_app(settings, queue=RecordingQueue(), migrate=False)
-    pool = mount_inference_pool(app, EngineConfig(max_new_tokens=4))
+    pool = mount_inference_pool(app, EngineConfig(max_new_tokens=12))
     with TestClient(app) as served:
         assert _chat(served, base_model, auth).status_code == 200
         engine = pool.engines[base_model]

@@ -62,7 +62,8 @@ def test_one_pass_and_split_train_the_same_rows(dtype):
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
         grads[kernel] = {k: p.grad.clone() for k, p in prepared.trainable_parameters().items()}
         assert all(p.dtype == torch.float32 for p in prepared.trainable_parameters().values())  # fp32 masters
-    # fp32: the same numbers up to summation order; bf16: the one-pass forward sees bf16 rows, the split an fp32 twin (documented)
+    # fp32: the same numbers up to summation order; bf16: the one-pass forward sees bf16 rows, the split an
+    # fp32 twin (documented)
     tolerance = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 0.1, "atol": 2e-3}
     for key, grad in grads["one_pass"].items():
         torch.testing.assert_close(grad, grads["split"][key], **tolerance)
