@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -38,13 +39,44 @@ def build(args):
     return model, batches
 
 
-def _step(model, ids, optimizer, masters=None):
+def _experts_timer(model) -> dict[str, float]:
+    """Accumulates the seconds spent inside every experts module's forward (the dispatch and expert GEMMs)."""
+    spent, started = {"experts_forward_s": 0.0}, {}
+
+    def before(module, args, kwargs):
+        started[id(module)] = time.perf_counter()
+
+    def after(module, args, kwargs, output):
+        start = started.pop(id(module), None)  # a split layer's twin shares its base's hook dicts: count once
+        if start is not None:
+            spent["experts_forward_s"] += time.perf_counter() - start
+
+    seen_hooks: set[int] = set()
+    for module in model.modules():
+        if hasattr(module, "num_experts") and hasattr(module, "is_transposed"):
+            if id(module._forward_hooks) in seen_hooks:
+                continue
+            seen_hooks.add(id(module._forward_hooks))
+            module.register_forward_pre_hook(before, with_kwargs=True)
+            module.register_forward_hook(after, with_kwargs=True)
+    return spent
+
+
+def _step(model, ids, optimizer, masters, experts_spent: dict[str, float]) -> dict[str, float]:
+    """One training step, timed by phase (the CPU runs each phase synchronously)."""
+    experts_spent["experts_forward_s"] = 0.0
+    t0 = time.perf_counter()
     logits = model(input_ids=ids, use_cache=False).logits
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    t1 = time.perf_counter()
     loss.backward()
+    t2 = time.perf_counter()
     if masters is not None:
         masters.grads_to_masters()
     optimizer.step()
+    t3 = time.perf_counter()
+    return {"step_s": t3 - t0, "forward_s": t1 - t0, "backward_s": t2 - t1, "optimizer_s": t3 - t2,
+            "experts_forward_s": experts_spent["experts_forward_s"]}
 
 
 def run_train(args, mode: str) -> dict:
@@ -59,22 +91,22 @@ def run_train(args, mode: str) -> dict:
         params = dict(model.named_parameters())
         masters = None
     else:
-        prepared = get_esft_model(model, ExpertConfig.load(args.expert_config))
+        kernel = "split" if mode == "esft_split" else "auto"
+        prepared = get_esft_model(model, ExpertConfig.load(args.expert_config), experts_kernel=kernel)
         masters = MasterWeights(prepared.trainable_parameters())
         params = masters.masters
     optimizer = build_optimizer(params, TrainingConfig(learning_rate=1e-5, weight_decay=0.1))
-    times, bytes_ = [], 0
+    experts_spent = _experts_timer(model)
+    phases, bytes_ = [], 0
     for i, ids in enumerate(batches):
-        start = time.perf_counter()
-        _step(model, ids, optimizer, masters)
+        timing = _step(model, ids, optimizer, masters, experts_spent)
         if i >= 2:  # the first two steps allocate optimizer state and warm kernels
-            times.append(time.perf_counter() - start)
+            phases.append(timing)
         bytes_ = state_bytes(optimizer)  # gradients + AdamW moments, before they are cleared
         optimizer.zero_grad(set_to_none=True)
-    # The fastest step: on a shared machine other jobs only ever slow a step down.
-    return {"step_s": min(times), "median_step_s": statistics.median(times), "state_bytes": bytes_,
-            "total_params": total,
-            "trainable_params": sum(p.numel() for p in params.values()),
+    breakdown = {key: statistics.median(p[key] for p in phases) for key in phases[0]}
+    return {"median_step_s": breakdown["step_s"], "breakdown_median_s": breakdown, "state_bytes": bytes_,
+            "total_params": total, "trainable_params": sum(p.numel() for p in params.values()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -126,44 +158,59 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--repeats", type=int, default=3, help="scoring/forward repeats (best of)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating ESFT/FFT runs (best of)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating ESFT/FFT rounds (each gives a ratio)")
+    parser.add_argument("--with-split", action="store_true", help="also time ESFT with the two-module split")
     parser.add_argument("--small", action="store_true", help="tiny smoke configuration")
-    parser.add_argument("--mode", choices=["score", "esft", "fft"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["score", "esft", "esft_split", "fft"], help=argparse.SUPPRESS)
     parser.add_argument("--expert-config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.small:
         args.hidden, args.layers, args.experts, args.top_k, args.expert_size = 64, 2, 16, 2, 32
-        args.seq, args.steps, args.repeats, args.rounds = 32, 2, 1, 1
+        args.seq, args.steps, args.repeats, args.rounds = 32, 2, 1, 2
     if args.mode:
         torch.set_num_threads(torch.get_num_threads())
         result = run_score(args) if args.mode == "score" else run_train(args, args.mode)
         print(json.dumps(result))
         return
     argv = [a for a in sys.argv[1:]]
+    arms = ["esft", "fft"] + (["esft_split"] if args.with_split else [])
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         argv += ["--expert-config", str(Path(tmp) / "experts.json")]
         score = _subprocess("score", argv)
-        # Alternate the two modes so a burst of load elsewhere cannot favour one of them.
-        runs = [(_subprocess("esft", argv), _subprocess("fft", argv)) for _ in range(args.rounds)]
-        esft = min((r[0] for r in runs), key=lambda r: r["step_s"])
-        fft = min((r[1] for r in runs), key=lambda r: r["step_s"])
-    trainable_fraction = esft["trainable_params"] / esft["total_params"]
+        # The arms alternate, each round in fresh processes, so a burst of load elsewhere cannot favour one arm;
+        # each round gives one ratio (medians of that round's steps), and the ratios are summarised.
+        rounds = [{arm: _subprocess(arm, argv) for arm in arms} for _ in range(args.rounds)]
+    load_after = os.getloadavg()
+    ratios = [r["esft"]["median_step_s"] / r["fft"]["median_step_s"] for r in rounds]
+    first = rounds[0]["esft"]
+    trainable_fraction = first["trainable_params"] / first["total_params"]
+    busiest = max(load_before[0], load_after[0])
     result = {
         "config": {k: getattr(args, k) for k in ("hidden", "layers", "experts", "top_k", "expert_size", "batch",
-                                                  "seq", "steps")},
+                                                  "seq", "steps", "rounds")},
         "torch_threads": torch.get_num_threads(),
-        "step_time_ratio": esft["step_s"] / fft["step_s"],
+        "load_average_before_after": [load_before, load_after],
+        "inconclusive": busiest > (os.cpu_count() or 1),  # something else was loading the machine
+        "step_time_ratio": _summary(ratios),
+        "split_step_time_ratio": _summary([r["esft_split"]["median_step_s"] / r["fft"]["median_step_s"]
+                                           for r in rounds]) if args.with_split else None,
         "trainable_fraction": trainable_fraction,
-        "state_bytes_ratio": esft["state_bytes"] / fft["state_bytes"],
-        "state_bytes_ratio_over_trainable_fraction": esft["state_bytes"] / fft["state_bytes"] / trainable_fraction,
-        "peak_rss_ratio": esft["peak_rss_mb"] / fft["peak_rss_mb"],
+        "state_bytes_ratio": first["state_bytes"] / rounds[0]["fft"]["state_bytes"],
+        "state_bytes_ratio_over_trainable_fraction":
+            first["state_bytes"] / rounds[0]["fft"]["state_bytes"] / trainable_fraction,
+        "peak_rss_ratio": first["peak_rss_mb"] / rounds[0]["fft"]["peak_rss_mb"],
         "scoring_overhead": score["scoring_s"] / score["forward_s"],
-        "esft": esft,
-        "fft": fft,
+        "breakdown_median_s": {arm: {k: statistics.median(r[arm]["breakdown_median_s"][k] for r in rounds)
+                                     for k in first["breakdown_median_s"]} for arm in arms},
+        "rounds": rounds,
         "scoring": score,
     }
     print(json.dumps(result, indent=2))
 
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 if __name__ == "__main__":
     main()
