@@ -27,6 +27,7 @@ from safetensors import safe_open  # noqa: E402
 
 from esft.expert_config import ExpertConfig  # noqa: E402
 from esft.methods.esft import get_esft_model  # noqa: E402
+from esft.methods.esft.one_pass import one_pass_reason  # noqa: E402
 from esft.models.discovery import find_moe_layers  # noqa: E402
 from esft.models.families import (  # noqa: E402
     NO_TOY_MODEL,
@@ -79,6 +80,7 @@ class FamilyFacts:
     shared: str
     router: str
     on_disk: str
+    kernel: str
     notes: str
 
 
@@ -180,6 +182,8 @@ def family_facts(family: str) -> FamilyFacts:
     flags = ("is_transposed", "has_bias", "has_gate", "is_concatenated")
     layout = ", ".join(f"{flag}={'Y' if getattr(experts, flag) else 'N'}" for flag in flags)
     shared = [f"`{name}`" for name, _ in block.named_children() if "shared" in name]
+    layer = find_moe_layers(model)[0]
+    reason = one_pass_reason(layer.experts(model), layer.expert_params)
     return FamilyFacts(
         family=family,
         experts_class=type(experts).__name__,
@@ -187,6 +191,7 @@ def family_facts(family: str) -> FamilyFacts:
         shared=", ".join(shared) or "-",
         router=_router_description(model, block, tokens=5),
         on_disk=_on_disk_layout(model, experts_name),
+        kernel=f"split: {reason}" if reason else "one pass",
         notes=NOTES.get(family, ""),
     )
 
@@ -221,10 +226,13 @@ def render(rows: list[FamilyFacts], failed: dict[str, str]) -> str:
         "and its experts class is decorated with `use_experts_implementation`. Layout flags are the",
         "decorator's (`Y`/`N`); router shapes use T tokens, E experts, k chosen experts, H hidden size.",
         "",
-        "**ESFT support: every family in this table.** `tests/esft/methods/test_family_matrix.py` runs each one",
-        "through split training: the split model's loss equals the original's, the trainable twin's gradient equals",
-        "the selected rows of the full gradient, and after AdamW steps with weight decay every unselected expert and",
-        "every non-expert tensor is bit-identical while every selected expert moved. Scoring, resume and the",
+        "**ESFT support: every family in this table.** `tests/esft/methods/test_family_matrix.py` trains each one",
+        "with both experts kernels it can use (the one-pass kernel, `esft/methods/esft/one_pass.py`, and the",
+        "two-module split, `layer.py`): the loss equals the original model's, the trained rows' gradients and the",
+        "gradients upstream of every MoE layer equal full backprop, and after AdamW steps with weight decay every",
+        "unselected expert and every non-expert tensor is bit-identical while every selected expert moved. The",
+        "kernel column says which one `get_esft_model` picks (bf16 models: the one-pass forward sees the trained",
+        "rows rounded to bf16, the split an fp32 twin; both keep fp32 masters). Scoring, resume and the",
         "adapter round trip (apply / restore / merge) are tested on deepseek_v2 (also group-limited routing),",
         "deepseek_v3, qwen2_moe, qwen3_moe, mixtral, olmoe and gpt_oss.",
         "",
@@ -232,11 +240,12 @@ def render(rows: list[FamilyFacts], failed: dict[str, str]) -> str:
         "`NO_TOY_MODEL`). A causal-LM MoE family that a newer transformers adds is built and trained",
         "automatically (marked in the notes); where that fails, it is listed below with the reason.",
         "",
-        "| family | builds as toy | experts class | layout | shared experts | router output | on disk | notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family | builds as toy | experts class | layout | shared experts | router output | on disk "
+        "| ESFT experts kernel | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [r.family, "yes", f"`{r.experts_class}`", r.layout, r.shared, r.router, r.on_disk, r.notes]
+        cells = [r.family, "yes", f"`{r.experts_class}`", r.layout, r.shared, r.router, r.on_disk, r.kernel, r.notes]
         lines.append("| " + " | ".join(cells) + " |")
     if failed:
         lines += [
