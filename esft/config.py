@@ -118,6 +118,10 @@ class TrainingConfig(_JSONConfig):
     train_non_expert_modules: bool = option(False, "also train attention, norms, embeddings... (a paper variant)",
                                             section="method")
     dtype: DType = option("auto", "weights dtype to load the model in", expose=("cli",))
+    activation_checkpointing: bool = option(
+        False, "recompute each decoder layer's activations in the backward pass: less activation memory, "
+        "about one more forward pass of compute"
+    )
     deterministic: bool = option(
         False, "torch's deterministic algorithms on one CPU thread: runs and resumes bit-identical, slower"
     )

@@ -158,6 +158,22 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def _activation_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """With ``enabled``, each decoder layer's activations are recomputed in the backward pass for the block."""
+    if not enabled:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"`activation_checkpointing`: {type(model).__name__} does not support it; leave it off",
+                          param="activation_checkpointing")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
 def _optimizer_step(run: _Run, config: TrainingConfig) -> float | None:
     run.masters.grads_to_masters()
     params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -237,7 +253,9 @@ def train(
     config = config or TrainingConfig()
     train_data, val_data = _split(train_data, val_data, config)
     out_dir = Path(out_dir) if out_dir is not None else None
-    with _determinism(config.deterministic):
+    with _determinism(config.deterministic), _activation_checkpointing(
+        prepared.model, config.activation_checkpointing
+    ):
         run = _setup(prepared, train_data, config, out_dir, resume, pad_token_id)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)  # only once the run is known to be valid

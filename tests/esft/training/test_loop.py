@@ -64,3 +64,26 @@ def test_deterministic_runs_are_bit_identical_and_restore_threads():
         torch.set_num_threads(threads)
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("method", ["esft", "fft"])
+def test_activation_checkpointing_trains_the_same_weights_and_is_switched_off_after(method):
+    weights = []
+    for checkpointing in (False, True):
+        config = TrainingConfig(
+            max_steps=2, batch_size=2, learning_rate=1e-3, deterministic=True, activation_checkpointing=checkpointing
+        )
+        model = toy_model("qwen3_moe", layers=2, experts=4)
+        experts = {"experts": {"0": [1], "1": [2]}}
+        prepared = get_esft_model(model, experts) if method == "esft" else get_fft_model(model)
+        during: list[bool] = []
+        train(
+            prepared,
+            _data(4),
+            config,
+            pad_token_id=2,
+            progress=lambda _, m=model, seen=during: seen.append(m.is_activation_checkpointing),
+        )
+        assert during == [checkpointing] * 2 and not model.is_activation_checkpointing
+        weights.append({k: v.clone() for k, v in prepared.fold().state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
