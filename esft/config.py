@@ -118,6 +118,10 @@ class TrainingConfig(_JSONConfig):
     train_non_expert_modules: bool = option(False, "also train attention, norms, embeddings... (a paper variant)",
                                             section="method")
     dtype: DType = option("auto", "weights dtype to load the model in", expose=("cli",))
+    packing: bool = option(
+        True, "pack each micro-batch into one row without padding where that is exact for the model family "
+        "(esft.models.families.PACKING_EXACT); other families pad", flag="--packing/--no-packing"
+    )
     activation_checkpointing: bool = option(
         False, "recompute each decoder layer's activations in the backward pass: less activation memory, "
         "about one more forward pass of compute"

@@ -57,6 +57,35 @@ def collate(batch: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def collate_packed(batch: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+    """Pack a batch into one row without padding: per-sample ``position_ids`` restarting at 0, no attention mask.
+
+    transformers' masking keeps packed samples apart (a block-diagonal causal mask) exactly when positions
+    restart at 0, ``attention_mask`` is None and there is no cache; ``esft.models.families.PACKING_EXACT`` lists
+    the families where that is proven to give the per-sample logits. Each sample's first label is ignored: in
+    the row it would be predicted from the previous sample's last token.
+
+    Returns:
+        ``input_ids``, ``labels`` and ``position_ids``, each ``[1, total tokens]``.
+
+    >>> packed = collate_packed([TokenizedExample([5, 6], [5, 6], False, 1), TokenizedExample([7], [7], False, 2)])
+    >>> packed["position_ids"].tolist(), packed["labels"].tolist()
+    ([[0, 1, 0]], [[-100, 6, -100]])
+    """
+    if not batch:
+        raise ValueError("cannot pack an empty batch")
+    input_ids = torch.tensor([t for ex in batch for t in ex.input_ids], dtype=torch.long)  # [total]
+    labels = torch.tensor([lab for ex in batch for lab in [IGNORE_INDEX, *ex.labels[1:]]], dtype=torch.long)
+    positions = torch.tensor([i for ex in batch for i in range(len(ex.input_ids))], dtype=torch.long)
+    return {"input_ids": input_ids[None], "labels": labels[None], "position_ids": positions[None]}
+
+
+def padding_tokens(batch: Sequence[TokenizedExample]) -> int:
+    """Pad tokens ``collate`` adds to this batch (what packing saves)."""
+    longest = max(len(ex.input_ids) for ex in batch)
+    return sum(longest - len(ex.input_ids) for ex in batch)
+
+
 def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 

@@ -79,6 +79,22 @@ NO_TOY_MODEL: dict[str, str] = {
     "unlimited_ocr": _NO_CAUSAL_LM.format("OCR image-text-to-text model"),
 }
 
+# Families whose packed rows (``esft.data.batching.collate_packed``) give exactly the per-sample logits, as the
+# per-family test (tests/esft/data/test_packing.py) proves; training packs batches only for these. The others
+# let packed samples see each other: gpt_oss (its forward does not pass position_ids to the mask), afmoe,
+# deepseek_v4, gemma4_text, zaya and the hybrid/recurrent families (bailing_hybrid, granitemoehybrid, jamba,
+# kimi_linear, lfm2_moe, minimax, nemotron_h, qwen3_next, qwen3_5_moe_text, qwen4_exp_text, the inkling
+# texts): recurrent state or their own masks run across sample boundaries.
+# fmt: off
+PACKING_EXACT: frozenset[str] = frozenset({
+    "aria_text", "axk1", "axk2", "beam", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1",
+    "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "flint", "glm4_moe", "glm4_moe_lite",
+    "glm_moe_dsa", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4",
+    "kolibri1", "laguna", "lara_mini", "mellum", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "mixtral",
+    "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "solar_open",
+})
+# fmt: on
+
 # Child-module names (of the MoE block) that hold shared experts or their gates.
 SHARED_EXPERT_MARKERS: tuple[str, ...] = ("shared",)
 

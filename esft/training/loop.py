@@ -21,9 +21,10 @@ from torch import nn
 
 from esft.config import TrainingConfig, n_train_examples
 from esft.constants import METRICS_NAME
-from esft.data.batching import batch_indices, collate, split_validation
+from esft.data.batching import batch_indices, collate, collate_packed, padding_tokens, split_validation
 from esft.data.tokenize import TokenizedExample
 from esft.errors import CheckpointError, ConfigError, TrainingCancelled
+from esft.models.families import PACKING_EXACT
 from esft.parallel.data_parallel import all_reduce_grads, all_reduce_sum, barrier, broadcast_flag, is_main, shard, world
 from esft.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from esft.training.loss import answer_loss, n_loss_tokens
@@ -115,6 +116,8 @@ class _Run:
     total: int
     run_config: dict[str, Any]
     device: torch.device
+    pack: bool  # micro-batches packed into one row (config.packing, on a family where that is exact)
+    padding_saved: int = 0  # pad tokens packing avoided in this process
 
 
 def _setup(prepared: TrainableModel, train_data, config, out_dir: Path | None, resume: bool, pad_id: int) -> _Run:
@@ -139,7 +142,9 @@ def _setup(prepared: TrainableModel, train_data, config, out_dir: Path | None, r
         random.seed(config.seed)
         torch.manual_seed(config.seed)
     total = config.total_steps(len(train_data))
-    return _Run(prepared, masters, optimizer, state, total, run_config, next(prepared.model.parameters()).device)
+    pack = config.packing and getattr(prepared.model.config, "model_type", None) in PACKING_EXACT
+    device = next(prepared.model.parameters()).device
+    return _Run(prepared, masters, optimizer, state, total, run_config, device, pack)
 
 
 @contextmanager
@@ -195,7 +200,10 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
     The loss is normalised by the label tokens of the whole window on all ranks, so summing gradients
     over micro-batches and ranks gives exactly the gradient of one big batch.
     """
-    batches = [collate([train_data[i] for i in idx], pad_id) for idx in window]
+    samples = [[train_data[i] for i in idx] for idx in window]
+    batches = [collate_packed(b) if run.pack else collate(b, pad_id) for b in samples]
+    if run.pack:
+        run.padding_saved += sum(padding_tokens(b) for b in samples)
     n_targets = max(1, sum(n_loss_tokens(b) for b in batches))
     loss_total, tokens = 0.0, 0
     for batch in shard(batches):
@@ -203,7 +211,7 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
         loss = answer_loss(run.prepared.model, batch, reduction="sum") / n_targets
         loss.backward()
         loss_total += float(loss.detach())
-        tokens += int(batch["attention_mask"].sum())
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
     all_reduce_grads(run.masters.model_params.values())
     loss_total, tokens = all_reduce_sum(loss_total, tokens)
     return loss_total, int(tokens)
@@ -291,7 +299,8 @@ def _run_steps(run: _Run, train_data, val_data, config: TrainingConfig, pad_toke
     report = {"steps": run.state.step, "total_steps": run.total, "trained_tokens": run.state.trained_tokens,
               "final_loss": loss, "val_loss": val_loss, "n_train": len(train_data), "n_validation": len(val_data),
               "parameters": count_parameters(run.prepared.model, run.masters.model_params),
-              "optimizer_state_bytes": state_bytes(run.optimizer)}
+              "optimizer_state_bytes": state_bytes(run.optimizer),
+              "packed": run.pack, "padding_tokens_saved": run.padding_saved}
     return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)
 
 

@@ -16,9 +16,11 @@ from esft.constants import IGNORE_INDEX
 def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor], *, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over the label tokens of ``batch`` (prompts and padding are IGNORE_INDEX).
 
-    ``reduction="sum"`` lets a caller normalise by the label tokens of a whole accumulation window.
+    ``reduction="sum"`` lets a caller normalise by the label tokens of a whole accumulation window. A packed
+    batch (``esft.data.batching.collate_packed``) carries ``position_ids`` and no ``attention_mask``.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits
     logits = logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
     targets = batch["labels"][:, 1:]  # [B, T-1]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),

@@ -87,3 +87,26 @@ def test_activation_checkpointing_trains_the_same_weights_and_is_switched_off_af
         assert during == [checkpointing] * 2 and not model.is_activation_checkpointing
         weights.append({k: v.clone() for k, v in prepared.fold().state_dict().items()})
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _ragged(n: int) -> list[TokenizedExample]:
+    generator = torch.Generator().manual_seed(3)
+    rows = [torch.randint(10, 200, (6 + 3 * (i % 4),), generator=generator).tolist() for i in range(n)]
+    return [TokenizedExample(ids, [-100] * 3 + ids[3:], False, i + 1) for i, ids in enumerate(rows)]
+
+
+@pytest.mark.parametrize(("family", "packs"), [("qwen3_moe", True), ("jamba", False)])
+def test_packing_trains_like_padding_where_it_is_on(family, packs):
+    results = {}
+    for packing in (False, True):
+        config = TrainingConfig(max_steps=3, batch_size=4, learning_rate=1e-3, packing=packing, deterministic=True)
+        prepared = get_esft_model(toy_model(family, layers=2, experts=4), {"experts": {"0": [1], "1": [2]}})
+        result = train(prepared, _ragged(8), config, pad_token_id=2)
+        results[packing] = (result, {k: v.clone() for k, v in prepared.fold().state_dict().items()})
+    packed, padded = results[True], results[False]
+    assert packed[0].report["packed"] is packs
+    assert (packed[0].report["padding_tokens_saved"] > 0) is packs
+    assert packed[0].trained_tokens == padded[0].trained_tokens  # the same samples, steps and tokens
+    assert packed[0].final_loss == pytest.approx(padded[0].final_loss, rel=1e-5)
+    for key, tensor in packed[1].items():
+        torch.testing.assert_close(tensor, padded[1][key], rtol=1e-4, atol=1e-6)
