@@ -1,0 +1,34 @@
+"""The device code paths on CUDA (marked ``gpu``: skipped without a CUDA device; `bash bench/gpu.sh` runs them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("family", ["deepseek_v2", "qwen3_moe", "gpt_oss"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_invariants_hold_on_cuda(family, dtype):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_check import check_family
+
+    result = check_family(family, dtype)
+    assert result["frozen_bit_identical"] and result["adapter_apply_equal"] and result["restore_bit_exact"]
+    assert result["max_trained_grad_err"] < (1e-6 if dtype == torch.float32 else 2e-2)
+
+
+def test_gpu_script_dry_run_on_cpu():
+    """bench/gpu.sh --dry-run runs the GPU checks' code on the CPU, so the script cannot rot unseen."""
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"restore_bit_exact": true' in out.stdout and '"restore_bit_exact": false' not in out.stdout
