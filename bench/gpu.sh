@@ -6,10 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 if [[ "${1:-}" == "--dry-run" ]]; then
-  python bench/gpu_check.py --cpu --quick
+  "$PY" bench/gpu_check.py --cpu --quick
   exit 0
 fi
-python -m pytest -q -p no:cacheprovider -m gpu tests/esft/test_cuda.py
-python bench/gpu_check.py
-python bench/gpu_check.py --hidden 2048 --layers 12 --seq 2048 --batch 4
+"$PY" -m pytest -q -p no:cacheprovider -m gpu tests/esft/test_cuda.py
+"$PY" bench/gpu_check.py
+"$PY" bench/gpu_check.py --hidden 2048 --layers 12 --seq 2048 --batch 4
