@@ -52,7 +52,7 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
 ) -> FileList:
     rows, has_more = files.list_files(session, principal.project_id, purpose=purpose, after=after, limit=limit)
-    return FileList(data=[files.to_public(r) for r in rows], has_more=has_more)
+    return FileList.of([files.to_public(r) for r in rows], has_more)
 
 
 @router.get("/{file_id}", name="retrieve", response_model=FileObject)

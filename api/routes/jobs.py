@@ -32,16 +32,40 @@ def create_job(
     return jobs.to_public(session, job)
 
 
-@router.get("", name="list_jobs", response_model=JobList)
+METADATA_QUERY = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "description": "keep jobs whose metadata has every pair: `metadata[key]=value` (as OpenAI's SDK sends it)",
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """``metadata[key]=value`` query pairs (a deep object FastAPI cannot declare as a parameter)."""
+    pairs = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            pairs[name[len("metadata[") : -1]] = value
+    return pairs
+
+
+@router.get("", name="list_jobs", response_model=JobList, openapi_extra={"parameters": [METADATA_QUERY]})
 def list_jobs(
+    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     after: str | None = None,
     limit: Limit = 20,
     status: JobStatus | None = None,
 ) -> JobList:
-    rows, has_more = jobs.list_jobs(session, principal.project_id, status=status, after=after, limit=limit)
-    return JobList(data=[jobs.to_public(session, r) for r in rows], has_more=has_more)
+    metadata = _metadata_filter(request)
+    rows, has_more = jobs.list_jobs(
+        session, principal.project_id, status=status, metadata=metadata, after=after, limit=limit
+    )
+    return JobList.of([jobs.to_public(session, r) for r in rows], has_more)
 
 
 @router.get("/{fine_tuning_job_id}", name="retrieve_job", response_model=JobObject)
@@ -79,7 +103,7 @@ def list_events(
         frames = events.stream(request.app.state.session_factory, job.id, after=after)
         return StreamingResponse(frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     rows, has_more = events.list_events(session, job.id, after=after, limit=limit)
-    return JobEventList(data=[events.to_public(r) for r in rows], has_more=has_more)
+    return JobEventList.of([events.to_public(r) for r in rows], has_more)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", name="list_checkpoints", response_model=CheckpointList)
@@ -93,7 +117,7 @@ def list_checkpoints(
     job = jobs.get(session, principal.project_id, fine_tuning_job_id)
     rows, has_more = artifacts.list_checkpoints(session, job, after=after, limit=limit)
     name = jobs.adapter_name(job)
-    return CheckpointList(data=[artifacts.checkpoint_public(r, name) for r in rows], has_more=has_more)
+    return CheckpointList.of([artifacts.checkpoint_public(r, name) for r in rows], has_more)
 
 
 @router.get("/{fine_tuning_job_id}/artifacts", name="list_artifacts", response_model=ArtifactList)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from api.schemas.common import ListPage
+
 
 class ValidationIssue(BaseModel):
     line: int | None = Field(description="1-based line, or null for a file-level problem")
@@ -40,7 +42,5 @@ class FileObject(BaseModel):
     validation_report: ValidationReport | None = None
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
+class FileList(ListPage):
     data: list[FileObject]
-    has_more: bool = False

@@ -18,7 +18,7 @@ def test_upload_train_register_download(service, upload_rows):
     job = service.http.post("/v1/fine_tuning/jobs", json=job_body("toy", file_id, max_steps=6)).json()
     job = service.wait_job(job["id"], lambda j: j["status"] == "succeeded")
     name = job["fine_tuned_model"]
-    assert name == f"ft:toy:esft:{job['id']}" and job["trained_tokens"] > 0
+    assert name == f"ft:toy:{job['organization_id']}::{job['id']}" and job["trained_tokens"] > 0
     model = service.http.get(f"/v1/models/{name}").json()
     assert model["parent"] == "toy" and model["kind"] == "adapter"
     archive = service.http.get(f"/v1/models/{name}/content")

@@ -23,7 +23,7 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     job = run_job(client, auth, queue, base_model, training_file, save_every=2)
     assert job["status"] == "succeeded", job
     assert [step for step, _ in queue.outcomes] == list(STEPS)
-    assert job["fine_tuned_model"] == f"ft:toy:esft:{job['id']}" and job["trained_tokens"] > 0
+    assert job["fine_tuned_model"] == f"ft:toy:{job['organization_id']}::{job['id']}" and job["trained_tokens"] > 0
     assert job["progress"]["fraction"] == 1.0 and job["hyperparameters"]["total_steps"] == 4
     models = {m["id"]: m for m in client.get("/v1/models", headers=auth).json()["data"]}
     assert models[job["fine_tuned_model"]]["parent"] == "toy"
