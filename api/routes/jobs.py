@@ -1,10 +1,11 @@
-"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events (JSON/SSE), checkpoints, artifacts."""
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events (JSON/SSE), checkpoints,
+artifacts."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
@@ -83,6 +84,28 @@ def cancel_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id:
     return jobs.to_public(session, jobs.cancel(session, principal.project_id, fine_tuning_job_id))
 
 
+@router.post(
+    "/{fine_tuning_job_id}/pause",
+    name="pause_job",
+    response_model=JobObject,
+    responses=error_responses(409),
+)
+def pause_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id: str) -> JobObject:
+    """Checkpoint and release the device; ``paused`` at once when no step runs, else at the next checkpoint."""
+    return jobs.to_public(session, jobs.pause(session, principal.project_id, fine_tuning_job_id))
+
+
+@router.post(
+    "/{fine_tuning_job_id}/resume",
+    name="resume_job",
+    response_model=JobObject,
+    responses=error_responses(409),
+)
+def resume_job(principal: PrincipalDep, session: SessionDep, queue: QueueDep, fine_tuning_job_id: str) -> JobObject:
+    """Continue a paused job from its step (training from its latest checkpoint)."""
+    return jobs.to_public(session, jobs.resume(session, queue, principal.project_id, fine_tuning_job_id))
+
+
 @router.get(
     "/{fine_tuning_job_id}/events",
     name="list_events",
@@ -96,11 +119,14 @@ def list_events(
     fine_tuning_job_id: str,
     after: str | None = None,
     limit: Limit = 20,
-    stream: Annotated[bool, Query(description="Server-Sent Events until the job ends")] = False,
+    stream: Annotated[bool, Query(description="Server-Sent Events, oldest first, until the job ends")] = False,
+    last_event_id: Annotated[str | None, Header(description="resume a stream after this event")] = None,
 ):
+    """Newest first (``after`` gives older events); ``stream=true``: oldest first, resumable."""
     job = jobs.get(session, principal.project_id, fine_tuning_job_id)
     if stream:
-        frames = events.stream(request.app.state.session_factory, job.id, after=after)
+        position = events.stream_start(session, job.id, last_event_id or after)
+        frames = events.stream(request.app.state.session_factory, job.id, position=position)
         return StreamingResponse(frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     rows, has_more = events.list_events(session, job.id, after=after, limit=limit)
     return JobEventList.of([events.to_public(r) for r in rows], has_more)

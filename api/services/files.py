@@ -25,7 +25,7 @@ from esft.data.formats import LineLimits, validate_jsonl
 
 PURPOSES = ("fine-tune",)
 FATAL_CODES = ("invalid_utf8", "invalid_json", "empty_file")
-ACTIVE = ("validating_files", "queued", "running")
+ACTIVE = ("validating_files", "queued", "running", "paused")  # unfinished: a paused job resumes on its files
 
 
 def clean_filename(name: str | None) -> str:

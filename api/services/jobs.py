@@ -1,4 +1,4 @@
-"""Fine-tuning jobs for the API: create (check, enqueue), list, get, cancel, and the public view."""
+"""Fine-tuning jobs for the API: create (check, enqueue), list, get, cancel, pause, resume, and the public view."""
 
 from __future__ import annotations
 
@@ -126,6 +126,32 @@ def cancel(session: Session, project_id: str, job_id: str) -> Job:
             409,
             f"Job {job_id} is already {job.status}; only unfinished jobs can be cancelled.",
             code="job_not_cancellable",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+def pause(session: Session, project_id: str, job_id: str) -> Job:
+    job = get(session, project_id, job_id)
+    if not runs.pause(session, job):
+        state = "pausing" if job.stop_reason == "pause" else job.status
+        raise ServiceError(
+            409,
+            f"Job {job_id} is {state}; only queued or running jobs can be paused.",
+            code="job_not_pausable",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+def resume(session: Session, queue: Queue, project_id: str, job_id: str) -> Job:
+    job = get(session, project_id, job_id)
+    if not runs.resume(session, job, queue):
+        state = "still pausing" if job.stop_reason == "pause" else job.status
+        raise ServiceError(
+            409,
+            f"Job {job_id} is {state}; only paused jobs can be resumed.",
+            code="job_not_resumable",
             param="fine_tuning_job_id",
         )
     return job

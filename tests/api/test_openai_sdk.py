@@ -36,7 +36,7 @@ def test_files_and_jobs_through_the_sdk(sdk):
     assert [j.id for j in sdk.fine_tuning.jobs.list(limit=5)] == [job.id]
     assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     events = list(sdk.fine_tuning.jobs.list_events(job.id))
-    assert events[0].object == "fine_tuning.job.event" and "cancelled" in events[-1].message
+    assert events[0].object == "fine_tuning.job.event" and "cancelled" in events[0].message
     assert list(sdk.fine_tuning.jobs.checkpoints.list(job.id)) == []
 
 

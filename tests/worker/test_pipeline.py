@@ -56,7 +56,7 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
         for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=100", headers=auth).json()["data"]
         if e["type"] == "metrics" and e["data"].get("phase") == "training"
     ]
-    assert metrics[-1]["data"]["step"] == 4 and "train_loss" in metrics[-1]["data"]
+    assert metrics[0]["data"]["step"] == 4 and "train_loss" in metrics[0]["data"]  # newest first
 
 
 def test_every_step_skips_when_its_artifact_exists(client, auth, queue, lib, base_model, training_file, settings):
@@ -116,7 +116,7 @@ def test_validation_file_gives_validation_loss(client, auth, queue, base_model, 
     queue.drain()
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=auth).json()["status"] == "succeeded"
     data = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=100", headers=auth).json()["data"]
-    final = [e["data"] for e in data if e["type"] == "metrics" and e["data"].get("step") == 4][-1]
+    final = [e["data"] for e in data if e["type"] == "metrics" and e["data"].get("step") == 4][0]
     assert final["valid_loss"] > 0 and final["tokens_per_s"] > 0
     results = client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/eval_results.json", headers=auth).json()
     assert results["source"] == "validation_file" and results["n_examples"] == 4

@@ -114,16 +114,30 @@ def test_cancel_then_conflict(client, auth, job):
     assert again.headers["x-should-retry"] == "false"
 
 
-def test_events_pages_and_stream(client, auth, job):
-    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
-    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=1", headers=auth).json()
-    assert events["has_more"] and events["data"][0]["object"] == "fine_tuning.job.event"
-    rest = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?after={events['data'][0]['id']}", headers=auth).json()
-    assert "cancelled" in rest["data"][-1]["message"]
-    with client.stream("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true", headers=auth) as stream:
+def test_events_newest_first_and_the_stream_oldest_first(client, auth, job):
+    client.post(f"{JOBS}/{job['id']}/cancel", headers=auth)
+    latest = check_openai(client.get(f"{JOBS}/{job['id']}/events?limit=1", headers=auth))
+    assert latest["has_more"] and "cancelled" in latest["data"][0]["message"]
+    older = check_openai(client.get(f"{JOBS}/{job['id']}/events?after={latest['last_id']}", headers=auth))
+    assert [e["message"][:7] for e in older["data"]] == ["Created"] and not older["has_more"]
+    with client.stream("GET", f"{JOBS}/{job['id']}/events?stream=true", headers=auth) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         body = "".join(stream.iter_text())
     assert body.count("event: message") == 2 and body.rstrip().endswith("data: [DONE]")
+    assert body.index("Created") < body.index("cancelled")
+    resumed = {**auth, "Last-Event-ID": older["data"][0]["id"]}
+    with client.stream("GET", f"{JOBS}/{job['id']}/events?stream=true", headers=resumed) as stream:
+        body = "".join(stream.iter_text())
+    assert "Created" not in body and "cancelled" in body
+
+
+@pytest.mark.parametrize("cursor", ["ftevent-" + "9" * 30, "ftevent-1", "ftevent--1", "x" * 300, ""])
+def test_event_ids_are_opaque_cursors(client, auth, job, cursor):
+    page = client.get(f"{JOBS}/{job['id']}/events", params={"after": cursor}, headers=auth)
+    assert page.status_code == 200 and page.json()["data"] == []
+    headers = {**auth, "Last-Event-ID": cursor} if cursor else auth
+    if cursor:
+        assert_error(client.get(f"{JOBS}/{job['id']}/events?stream=true", headers=headers), 400, "invalid_cursor")
 
 
 def test_checkpoints_and_artifacts_start_empty(client, auth, job):
@@ -223,3 +237,16 @@ def test_list_filters_by_metadata(client, auth, base_model, training_file):
     assert [j["id"] for j in page["data"]] == [made["b"]["id"]]
     assert client.get(JOBS, params={"metadata[team]": "c"}, headers=auth).json()["data"] == []
     assert len(client.get(JOBS, headers=auth).json()["data"]) == 2
+
+
+def test_pause_resume_cancel_routes(client, auth, job, queue):
+    paused = check_openai(client.post(f"{JOBS}/{job['id']}/pause", headers=auth))
+    assert paused["status"] == "paused" and paused["queue_position"] is None
+    assert_error(client.post(f"{JOBS}/{job['id']}/pause", headers=auth), 409, "job_not_pausable")
+    resumed = check_openai(client.post(f"{JOBS}/{job['id']}/resume", headers=auth))
+    assert resumed["status"] == "validating_files" and queue.sent[-1][0] == "validate"
+    assert_error(client.post(f"{JOBS}/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+    client.post(f"{JOBS}/{job['id']}/pause", headers=auth)
+    assert check_openai(client.post(f"{JOBS}/{job['id']}/cancel", headers=auth))["status"] == "cancelled"
+    assert_error(client.post(f"{JOBS}/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+    assert_error(client.post(f"{JOBS}/ftjob-nope/pause", headers=auth), 404)
