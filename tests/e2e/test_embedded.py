@@ -83,3 +83,26 @@ def test_killed_worker_is_replaced_and_training_resumes(service, upload_rows):
         for c in service.http.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints?limit=100").json()["data"]
     ]
     assert steps[0] == 100 and done["fine_tuned_model"]
+
+
+def test_pause_checkpoints_releases_the_device_and_resume_continues(service, upload_rows):
+    file_id = upload_rows(chat_rows(16))
+    job = service.http.post("/v1/fine_tuning/jobs", json=job_body("toy", file_id, max_steps=600, save_every=50)).json()
+    url = f"/v1/fine_tuning/jobs/{job['id']}"
+    service.wait_job(job["id"], lambda j: j["phase"] == "training" and (j["progress"] or {}).get("fraction"))
+    assert service.http.post(f"{url}/pause").status_code == 200
+    paused = service.wait_job(job["id"], lambda j: j["status"] == "paused")
+    assert paused["progress"]["fraction"] < 1
+    saved = [c["step_number"] for c in service.http.get(f"{url}/checkpoints?limit=100").json()["data"]]
+    assert saved, "pausing saves a checkpoint"
+    assert service.http.post(f"{url}/resume").json()["status"] in ("queued", "running")
+    service.wait_job(job["id"], lambda j: j["status"] == "succeeded")
+    events = service.events(job["id"])
+    messages = [e["message"] for e in events]
+    resumed_at = messages.index("Job resumed at step 'train'.")
+    assert "Resuming training from the latest checkpoint." in messages[resumed_at:]
+    steps_after = [e["data"]["step"] for e in events[resumed_at:]
+                   if e["type"] == "metrics" and e["data"].get("phase") == "training"]
+    assert steps_after and min(steps_after) > max(saved), (saved, steps_after)  # continued, not restarted
+    final = [c["step_number"] for c in service.http.get(f"{url}/checkpoints?limit=100").json()["data"]]
+    assert final == sorted(set(final), reverse=True) and final[0] == 600 and set(saved) <= set(final)
