@@ -34,6 +34,7 @@ class FileObject(BaseModel):
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
+    expires_at: int | None = Field(default=None, description="when the file is deleted (`expires_after` on upload)")
     filename: str
     purpose: str
     status: Literal["processed", "error"]

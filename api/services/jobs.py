@@ -15,7 +15,7 @@ from api.core.queue import Queue
 from api.core.settings import Settings
 from api.schemas.jobs import ESFTParams, JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams
 from api.services import files, job_options
-from api.services.common import new_id, page_newest_first, unix
+from api.services.common import new_id, page_by_created, unix
 
 WAITING = ("validating_files", "queued")
 
@@ -116,7 +116,7 @@ def list_jobs(
         query = query.where(Job.status == status)
     for key, value in (metadata or {}).items():
         query = query.where(Job.metadata_[key].as_string() == value)
-    return page_newest_first(session, query, Job, after=after, limit=limit)
+    return page_by_created(session, query, Job, after=after, limit=limit)
 
 
 def cancel(session: Session, project_id: str, job_id: str) -> Job:

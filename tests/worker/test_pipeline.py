@@ -10,6 +10,7 @@ from sqlalchemy import update
 from api.core.db.models import Job
 from api.core.db.session import session_scope
 from api.core.queue import STEPS
+from tests.openai_objects import check_openai
 from tests.service_support import assert_error, chat_rows, job_body, jsonl
 
 
@@ -25,7 +26,8 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     assert [step for step, _ in queue.outcomes] == list(STEPS)
     assert job["fine_tuned_model"] == f"ft:toy:{job['organization_id']}::{job['id']}" and job["trained_tokens"] > 0
     assert job["progress"]["fraction"] == 1.0 and job["hyperparameters"]["total_steps"] == 4
-    models = {m["id"]: m for m in client.get("/v1/models", headers=auth).json()["data"]}
+    check_openai(job)  # with the hyperparameters the worker resolved
+    models = {m["id"]: m for m in check_openai(client.get("/v1/models", headers=auth))["data"]}
     assert models[job["fine_tuned_model"]]["parent"] == "toy"
     archive = client.get(f"/v1/models/{job['fine_tuned_model']}/content", headers=auth)
     with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
@@ -49,7 +51,7 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
     csv = client.get(f"/v1/files/{job['result_files'][0]}/content", headers=auth).text
     assert csv.splitlines()[0].startswith("step,") and len(csv.splitlines()) == 5
-    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=auth).json()["data"]
+    checkpoints = check_openai(client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=auth))["data"]
     assert [c["step_number"] for c in checkpoints] == [4, 2]
     metrics = [
         e
