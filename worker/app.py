@@ -3,7 +3,8 @@
 Policy (from ``api.core.queue.celery_config``): JSON only, ``acks_late``, ``reject_on_worker_lost``, prefetch 1.
 The parent process never imports torch: tasks import the library lazily inside the forked child, so CUDA is
 never initialised before fork. Each worker also runs the reaper thread. A warm shutdown asks the steps this
-worker runs to checkpoint and stop (the stop request cancel and pause use too); their steps are re-enqueued.
+worker runs to checkpoint and stop (the stop request cancel and pause use too); the next reaper pass of
+another worker, or of this one restarted, re-enqueues their steps.
 """
 
 from __future__ import annotations
@@ -51,13 +52,16 @@ def _watch_parent(pid: int) -> None:
             return
 
 
+_reaper_stop: list = []  # this worker's reaper; stopped first at shutdown, so it never re-enqueues to itself
+
+
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
     import threading
 
     from worker import reaper
 
-    reaper.start_thread(settings, queue)
+    _reaper_stop.append(reaper.start_thread(settings, queue))
     if settings.parent_pid:
         threading.Thread(target=_watch_parent, args=(settings.parent_pid,), daemon=True).start()
     log.info("esft worker ready on queue %r (data dir %s)", settings.queue, settings.data_dir)
@@ -65,9 +69,12 @@ def _start_reaper(**_: object) -> None:
 
 @worker_shutting_down.connect
 def _stop_running_steps(**_: object) -> None:
-    """Warm shutdown: the running step checkpoints and stops within a heartbeat, and is re-enqueued."""
+    """Warm shutdown: the running step checkpoints and stops within a heartbeat; another worker's reaper (or
+    this one's after a restart) re-enqueues it."""
     import os
 
+    for stop in _reaper_stop:
+        stop.set()
     from api.core import runs
     from api.core.db.session import session_scope
     from worker.runner import owner_prefix

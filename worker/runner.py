@@ -1,7 +1,7 @@
 """Runs one pipeline step for a job: claim the lease, heartbeat, call the step, record the outcome.
 
 Outcomes: the next step is dispatched; the job fails with a user-facing error; or the step stops on request
-(cancelled, paused, or re-enqueued because its worker is shutting down: ``runs.stopped``), or because the
+(cancelled, paused, or released because its worker is shutting down: ``runs.stopped``), or because the
 lease was lost (another worker owns the job now, so nothing is written).
 """
 
@@ -90,12 +90,12 @@ def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartb
     )
 
 
-def _stopped(settings: Settings, job_id: str, owner: str, step: str, heartbeat: Heartbeat, queue: Queue) -> str:
+def _stopped(settings: Settings, job_id: str, owner: str, step: str, heartbeat: Heartbeat) -> str:
     if heartbeat.lease_lost.is_set():
         log.warning("job %s: lease lost during %s; another worker owns it now", job_id, step)
         return "lease_lost"
     with session_scope(settings.database_url) as session:
-        return runs.stopped(session, job_id, owner, step, queue)
+        return runs.stopped(session, job_id, owner, step)
 
 
 def _fail(settings: Settings, job_id: str, owner: str, code: str, message: str, param: str | None) -> str:
@@ -104,13 +104,11 @@ def _fail(settings: Settings, job_id: str, owner: str, code: str, message: str, 
     return "failed"
 
 
-def _execute(
-    settings: Settings, step: str, job_id: str, owner: str, heartbeat: Heartbeat, queue: Queue
-) -> dict[str, Any] | str:
+def _execute(settings: Settings, step: str, job_id: str, owner: str, heartbeat: Heartbeat) -> dict[str, Any] | str:
     try:
         return STEP_FUNCTIONS[step](build_context(settings, job_id, owner, heartbeat))
     except (Cancelled, TrainingCancelled):
-        return _stopped(settings, job_id, owner, step, heartbeat, queue)
+        return _stopped(settings, job_id, owner, step, heartbeat)
     except ESFTError as exc:  # StepFailed, library errors and ServiceErrors alike: code, message, param
         return _fail(settings, job_id, owner, exc.code, exc.message, exc.param)
     except OperationalError as exc:
@@ -146,11 +144,11 @@ def run_step(
         ttl_s=settings.lease_ttl_s,
         interval_s=settings.heartbeat_interval_s,
     ) as heartbeat:
-        outcome = _execute(settings, step, job_id, owner, heartbeat, queue)
+        outcome = _execute(settings, step, job_id, owner, heartbeat)
     if isinstance(outcome, str):
         return outcome
     if heartbeat.should_stop():
-        return _stopped(settings, job_id, owner, step, heartbeat, queue)
+        return _stopped(settings, job_id, owner, step, heartbeat)
     with session_scope(settings.database_url) as session:
         following = runs.advance(session, job_id, owner, step, queue, **outcome)
     return f"done -> {following or 'succeeded'}"

@@ -6,7 +6,8 @@ holding the lease and on the job not being terminal, so a stale or duplicate cop
 
 Cancel, pause and a worker's graceful shutdown are one mechanism: a stop request with a reason
 (``jobs.stop_reason``) that the running step sees at its next heartbeat; training then saves a checkpoint and
-stops, and ``stopped`` settles the job by reason (cancelled, paused, or the step re-enqueued). A paused job
+stops, and ``stopped`` settles the job by reason (cancelled, paused, or released for the next worker's reaper
+to re-enqueue: a worker that is shutting down must not be handed its own step again). A paused job
 holds no device and is never reaped; ``resume`` dispatches its step again, and training continues from the
 checkpoint.
 """
@@ -232,7 +233,8 @@ def resume(session: Session, job: Job, queue: Queue) -> bool:
 
 
 def request_shutdown(session: Session, owner_prefix: str) -> list[str]:
-    """A worker shutting down asks its running steps to checkpoint and stop; their steps are re-enqueued."""
+    """A worker shutting down asks its running steps to checkpoint and stop; the next reaper pass of another
+    (or the restarted) worker re-enqueues them."""
     query = select(Job.id).where(
         Job.lease_owner.like(f"{owner_prefix}%"), Job.stop_reason.is_(None), Job.status.not_in(INACTIVE)
     )
@@ -257,16 +259,19 @@ def _settle_pause(session: Session, job_id: str) -> bool:
     return result.rowcount == 1
 
 
-def stopped(session: Session, job_id: str, owner: str, step: str, queue: Queue) -> str:
-    """Settle a step that stopped on request, by reason: ``cancelled``, ``paused`` or ``requeued``."""
+def stopped(session: Session, job_id: str, owner: str, step: str) -> str:
+    """Settle a step that stopped on request, by reason: ``cancelled``, ``paused`` or ``released``.
+
+    A step stopped by its worker's shutdown keeps ``stop_reason="shutdown"`` without a lease: no copy may
+    claim it until a reaper (of another or the restarted worker) re-enqueues it, at its next pass.
+    """
     reason = session.scalar(select(Job.stop_reason).where(Job.id == job_id, Job.lease_owner == owner))
     if reason == "pause" and _settle_pause(session, job_id):
         return "paused"
     if reason == "shutdown":
-        job = session.get(Job, job_id)
-        add_event(session, job_id, f"Worker shutting down: stopped during {PHASES[step]}; step re-enqueued.")
-        dispatch(session, job, step, queue)
-        return "requeued"
+        add_event(session, job_id, f"Worker shutting down: stopped during {PHASES[step]}; the next worker continues.")
+        release(session, job_id, owner)
+        return "released"
     add_event(session, job_id, f"Stopped during {PHASES[step]}; the device is released.")
     release(session, job_id, owner)
     return "cancelled"
@@ -275,9 +280,13 @@ def stopped(session: Session, job_id: str, owner: str, step: str, queue: Queue) 
 def reap(session: Session, queue: Queue, *, undelivered_after_s: float) -> list[str]:
     """Re-dispatch steps whose lease expired (worker died) or that nobody picked up for too long.
 
-    Paused jobs are never reaped; a job whose worker died while pausing becomes ``paused``.
+    Paused jobs are never reaped; a job whose worker died while pausing becomes ``paused``; a step its worker
+    released when shutting down is re-enqueued at once.
     """
     t = now()
+    released = select(Job).where(
+        Job.status.not_in(INACTIVE), Job.lease_owner.is_(None), Job.stop_reason == "shutdown"
+    )
     stale = select(Job).where(Job.status.not_in(INACTIVE), Job.lease_owner.is_not(None), Job.lease_expires_at < t)
     lost = select(Job).where(
         Job.status.not_in(INACTIVE),
@@ -285,10 +294,12 @@ def reap(session: Session, queue: Queue, *, undelivered_after_s: float) -> list[
         Job.dispatched_at < t - timedelta(seconds=undelivered_after_s),
     )
     redispatched = []
-    for job in list(session.scalars(stale)) + list(session.scalars(lost)):
+    jobs = {job.id: job for query in (stale, released, lost) for job in session.scalars(query)}
+    for job in jobs.values():
         if job.stop_reason == "pause" and _settle_pause(session, job.id):
             continue
-        why = f"worker {job.lease_owner} stopped heartbeating" if job.lease_owner else "step was never picked up"
+        why = (f"worker {job.lease_owner} stopped heartbeating" if job.lease_owner
+               else "its worker shut down" if job.stop_reason == "shutdown" else "step was never picked up")
         add_event(session, job.id, f"Re-enqueued step {job.step!r}: {why}.", level="warn")
         dispatch(session, job, job.step, queue)
         redispatched.append(job.id)

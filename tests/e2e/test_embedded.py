@@ -106,3 +106,24 @@ def test_pause_checkpoints_releases_the_device_and_resume_continues(service, upl
     assert steps_after and min(steps_after) > max(saved), (saved, steps_after)  # continued, not restarted
     final = [c["step_number"] for c in service.http.get(f"{url}/checkpoints?limit=100").json()["data"]]
     assert final == sorted(set(final), reverse=True) and final[0] == 600 and set(saved) <= set(final)
+
+
+def test_warm_worker_shutdown_checkpoints_and_the_next_worker_continues(service, upload_rows):
+    file_id = upload_rows(chat_rows(16))
+    body = job_body("toy", file_id, max_steps=3000, save_every=500)
+    job = service.http.post("/v1/fine_tuning/jobs", json=body).json()
+    service.wait_job(job["id"], lambda j: j["phase"] == "training" and (j["progress"] or {}).get("fraction"))
+    service.stop_worker()  # SIGTERM: Celery's warm shutdown waits for the task, which stops at a checkpoint
+    messages = [e["message"] for e in service.events(job["id"])]
+    assert "Worker shutting down: stopped during training; the next worker continues." in messages
+    stopped_at = service.http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["progress"]["fraction"]
+    assert stopped_at < 1
+    service.start_worker()
+    deadline = time.monotonic() + 60
+    while "Resuming training from the latest checkpoint." not in messages:
+        assert time.monotonic() < deadline, messages
+        time.sleep(0.2)
+        messages = [e["message"] for e in service.events(job["id"])]
+    assert "Re-enqueued step 'train': its worker shut down." in messages  # by the new worker's reaper, at once
+    assert not any("stopped heartbeating" in m for m in messages)  # no lease had to expire
+    service.http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")  # the rest of the run proves nothing new

@@ -42,7 +42,7 @@ def _claim(db, job_id: str, step: str = "validate", owner: str = OWNER) -> runs.
 
 def _settle(db, job_id: str, queue, step: str = "validate") -> str:
     with db() as session:
-        return runs.stopped(session, job_id, OWNER, step, queue)
+        return runs.stopped(session, job_id, OWNER, step)
 
 
 def test_pausing_a_waiting_job_is_immediate_and_its_queued_task_never_runs(db, job_id, queue):
@@ -117,14 +117,19 @@ def test_cancel_is_a_stop_request_the_heartbeat_reports(db, job_id, queue):
     assert _job(db, job_id).lease_owner is None
 
 
-def test_worker_shutdown_stops_its_steps_and_re_enqueues_them(db, job_id, queue):
+def test_worker_shutdown_stops_its_steps_and_the_next_reaper_re_enqueues_them(db, job_id, queue):
     assert _claim(db, job_id).ok
     with db() as session:
         assert runs.request_shutdown(session, "other:1:") == []
         assert runs.request_shutdown(session, "host:100:") == [job_id]
         assert runs.heartbeat(session, job_id, OWNER, 60).stop_reason == "shutdown"
-    assert _settle(db, job_id, queue) == "requeued"
+    assert _settle(db, job_id, queue) == "released"
     job = _job(db, job_id)
-    assert job.stop_reason is None and job.lease_owner is None and job.status == "validating_files"
-    assert queue.sent[-1] == ("validate", job_id, job.dispatch_id)
+    assert job.lease_owner is None and job.status == "validating_files"
+    assert _claim(db, job_id, owner="host:300:400:efgh").reason == "stop requested (shutdown)"  # no stale copy
+    sent = len(queue.sent)
+    with db() as session:
+        assert runs.reap(session, queue, undelivered_after_s=3600) == [job_id]  # at once, not after a timeout
+    job = _job(db, job_id)
+    assert job.stop_reason is None and queue.sent[sent:] == [("validate", job_id, job.dispatch_id)]
     assert _claim(db, job_id, owner="host:300:400:efgh").ok  # another worker picks it up
