@@ -100,7 +100,6 @@ async def upload(
     """Store and validate an upload; nothing is kept when it is rejected."""
     name = clean_filename(filename)
     _check_request(name, purpose)
-    created = utcnow()
     try:
         tmp, size, digest = await storage.save_stream(chunks, max_bytes=settings.max_upload_bytes)
     except TooLarge:
@@ -114,20 +113,11 @@ async def upload(
         report = await anyio.to_thread.run_sync(_validate, tmp, settings)
         if (error := _fatal_error(report)) is not None:
             raise error
-        file_id = new_id("file")
-        row = File(
-            id=file_id,
-            project_id=project_id,
-            filename=name,
-            purpose=purpose,
-            bytes=size,
-            sha256=digest,
-            status="processed" if report["ok"] else "error",
-            storage_key=f"files/{file_id}",
-            validation=report,
-            created_at=created,
-            expires_at=created + timedelta(seconds=expires_after_s) if expires_after_s else None,
-        )
+        file_id, created = new_id("file"), utcnow()
+        expires_at = created + timedelta(seconds=expires_after_s) if expires_after_s else None
+        row = File(id=file_id, project_id=project_id, filename=name, purpose=purpose, bytes=size, sha256=digest,
+                   status="processed" if report["ok"] else "error", storage_key=f"files/{file_id}",
+                   validation=report, created_at=created, expires_at=expires_at)
         storage.commit(tmp, row.storage_key)
     except BaseException:
         storage.discard(tmp)
