@@ -151,7 +151,7 @@ def list_artifacts(
     principal: PrincipalDep, session: SessionDep, storage: StorageDep, fine_tuning_job_id: str
 ) -> ArtifactList:
     job = jobs.get(session, principal.project_id, fine_tuning_job_id)
-    return ArtifactList(data=artifacts.list_artifacts(storage, job))
+    return ArtifactList.of(artifacts.list_artifacts(storage, job), key="name")
 
 
 @router.get(

@@ -22,8 +22,9 @@ class ListPage(BaseModel):
     last_id: str | None = None
 
     @classmethod
-    def of(cls, data: list, has_more: bool = False):
-        ids = [item.id for item in data]
+    def of(cls, data: list, has_more: bool = False, key: str = "id"):
+        """A page of ``data``; ``key`` is the items' identifying field (``name`` for artifacts)."""
+        ids = [getattr(item, key) for item in data]
         return cls(data=data, has_more=has_more, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
 
 

@@ -141,7 +141,7 @@ class ArtifactObject(BaseModel):
     content_type: str
 
 
-class ArtifactList(BaseModel):
-    object: Literal["list"] = "list"
+class ArtifactList(ListPage):
+    """``first_id``/``last_id`` are artifact names (artifacts are named, not numbered)."""
+
     data: list[ArtifactObject]
-    has_more: bool = False

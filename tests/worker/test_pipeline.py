@@ -35,9 +35,9 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     assert any(n.endswith("adapter_config.json") for n in names)
     assert any(n.endswith("adapter_model.safetensors") for n in names)
     assert not any("checkpoints" in n for n in names)
-    artifacts = {
-        a["name"] for a in client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts", headers=auth).json()["data"]
-    }
+    page = client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts", headers=auth).json()
+    assert (page["first_id"], page["last_id"]) == (page["data"][0]["name"], page["data"][-1]["name"])
+    artifacts = {a["name"] for a in page["data"]}
     assert {
         "expert_scores.json",
         "expert_config.json",
