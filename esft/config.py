@@ -24,6 +24,7 @@ Scheduler = Literal["cosine", "constant", "linear"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 DEFAULT_LEARNING_RATE = 1e-5  # the ESFT paper's learning rate
+MAX_LEARNING_RATE_MULTIPLIER = 1e5  # keeps DEFAULT_LEARNING_RATE * multiplier within learning_rate's (0, 1]
 _CLI_WORKER = ("cli", "worker")
 
 
@@ -97,8 +98,14 @@ class TrainingConfig(_JSONConfig):
     )
     batch_size: int = option(4, "sequences per micro-batch", ge=1, auto="min(8, number of examples)")
     grad_accum_steps: int = option(1, "micro-batches per optimizer step", ge=1)
+    learning_rate_multiplier: float | None = option(
+        None, f"OpenAI's multiplier of the default learning rate ({DEFAULT_LEARNING_RATE:g}); the service resolves "
+        "it into learning_rate (give one of the two)", gt=0, le=MAX_LEARNING_RATE_MULTIPLIER, expose=("api",),
+        auto="1, or learning_rate / the default when learning_rate is given",
+    )
     learning_rate: float = option(
-        DEFAULT_LEARNING_RATE, "peak learning rate", gt=0, le=1, flag="--lr", auto="1e-5 (the ESFT paper's value)"
+        DEFAULT_LEARNING_RATE, "peak learning rate", gt=0, le=1, flag="--lr",
+        auto="1e-5 (the ESFT paper's value) times learning_rate_multiplier",
     )
     weight_decay: float = option(0.0, "AdamW weight decay", ge=0)
     lr_scheduler: Scheduler = option("cosine", "learning-rate schedule after warmup")
@@ -195,10 +202,17 @@ AUTO_RULES: dict[str, Callable[[DataFacts, dict[str, Any]], Any]] = {
     "top_p": lambda facts, values: DEFAULT_TOP_P[values.get("score_function", "token")],
     "n_epochs": lambda facts, _: auto_epochs(facts.n_examples),
     "batch_size": lambda facts, _: max(1, min(8, facts.n_examples)),
-    "learning_rate": lambda facts, _: DEFAULT_LEARNING_RATE,
+    "learning_rate_multiplier": lambda facts, values: _given_multiplier(values),
+    "learning_rate": lambda facts, values: DEFAULT_LEARNING_RATE * (values.get("learning_rate_multiplier") or 1.0),
     "seq_len": lambda facts, _: auto_seq_len(facts),
     "save_every": lambda facts, values: max(1, math.ceil(values["total_steps"] / 10)),
 }
+
+
+def _given_multiplier(values: dict[str, Any]) -> float:
+    """The multiplier a given ``learning_rate`` stands for (1 when the learning rate is ``auto`` too)."""
+    rate = values.get("learning_rate", AUTO)
+    return 1.0 if rate in (AUTO, None) else rate / DEFAULT_LEARNING_RATE
 
 
 def resolve_auto(values: dict[str, Any], facts: DataFacts) -> dict[str, Any]:

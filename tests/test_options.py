@@ -55,9 +55,10 @@ def help_flags() -> dict[type, set[str]]:
 def worker_configs() -> dict[type, object]:
     """The configs the worker builds for a job created with every API option at its default."""
     from api.schemas.jobs import JobCreate
+    from api.services.jobs import job_method
 
     spec = JobCreate(model="m", training_file="f", seed=7)
-    values = job_options.spec_values(spec.method.model_dump(mode="json"), spec.seed)
+    values = job_options.spec_values(job_method(spec), spec.seed)
     resolved = job_options.resolve(values, DataFacts(n_examples=40, max_tokens=30, max_context=2048), Settings())
     return {cls: (job_options.worker_values(cls, resolved), job_options.config_for(cls, resolved))
             for cls in CONFIG_CLASSES}

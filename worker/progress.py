@@ -1,7 +1,8 @@
-"""Progress and liveness of a running step: events and job fields from ProgressEvent; lease and cancel.
+"""Progress and liveness of a running step: events and job fields from ProgressEvent; lease and stop requests.
 
-The heartbeat thread renews the job's lease and turns a cancel flag (or a lost lease) into ``should_stop()``;
-the training loop polls it every step, so a cancel frees the device within about one heartbeat interval.
+The heartbeat thread renews the job's lease and turns a stop request (cancel, pause, worker shutdown: the
+job's ``stop_reason``) or a lost lease into ``should_stop()``; the training loop polls it every step, saves a
+checkpoint and stops, so the device is free within about one heartbeat interval.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
-    """The job was cancelled (or this worker lost its lease) while a step was running."""
+    """A stop was requested (cancel, pause, shutdown) or this worker lost its lease while a step was running."""
 
 
 class Heartbeat:
@@ -44,7 +45,7 @@ class Heartbeat:
             beat = runs.heartbeat(session, self.job_id, self.owner, self.ttl_s)
         if not beat.holds_lease:
             self.lease_lost.set()
-        if beat.cancel or not beat.holds_lease:
+        if beat.stop_reason or not beat.holds_lease:
             self.stop_requested.set()
 
     def _run(self) -> None:

@@ -1,4 +1,5 @@
-"""The reaper: re-enqueues steps whose worker stopped heartbeating (or that were never delivered).
+"""The reaper: re-enqueues steps whose worker stopped heartbeating (or that were never delivered), and deletes
+expired files no unfinished job uses (``expires_after`` on upload).
 
 No embedded broker redelivers a task after a whole worker dies, and Redis redelivers long tasks while they
 still run, so recovery comes from the jobs table. Runs as a thread in every worker, or alone:
@@ -15,15 +16,21 @@ from api.core import runs
 from api.core.db.session import session_scope
 from api.core.queue import Queue
 from api.core.settings import Settings
+from api.core.storage import LocalStorage
+from api.services.files import sweep_expired
 
 log = logging.getLogger(__name__)
 
 
 def reap_once(settings: Settings, queue: Queue) -> list[str]:
+    """One pass: re-enqueue stale steps (their job ids are returned) and sweep expired files."""
     with session_scope(settings.database_url) as session:
         ids = runs.reap(session, queue, undelivered_after_s=settings.requeue_undelivered_after_s)
     for job_id in ids:
         log.warning("re-enqueued job %s", job_id)
+    with session_scope(settings.database_url) as session:
+        for file_id in sweep_expired(session, LocalStorage(settings.storage_dir)):
+            log.info("deleted expired file %s", file_id)
     return ids
 
 

@@ -1,7 +1,8 @@
 """Runs one pipeline step for a job: claim the lease, heartbeat, call the step, record the outcome.
 
-Outcomes: the next step is dispatched; the job fails with a user-facing error; or the step stops because the
-job was cancelled or the lease was lost (another worker owns the job now, so nothing is written).
+Outcomes: the next step is dispatched; the job fails with a user-facing error; or the step stops on request
+(cancelled, paused, or released because its worker is shutting down: ``runs.stopped``), or because the
+lease was lost (another worker owns the job now, so nothing is written).
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ class TransientError(Exception):
     """A failure worth retrying (the database was unavailable); the lease was released first."""
 
 
+def owner_prefix(worker_pid: int) -> str:
+    """Lease owners of the steps a Celery worker (main process ``worker_pid``) runs in its pool children."""
+    return f"{socket.gethostname()}:{worker_pid}:"
+
+
 def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{owner_prefix(os.getppid())}{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _file_path(session, storage: LocalStorage, job: Job, param: str) -> Path | None:
@@ -89,9 +95,7 @@ def _stopped(settings: Settings, job_id: str, owner: str, step: str, heartbeat: 
         log.warning("job %s: lease lost during %s; another worker owns it now", job_id, step)
         return "lease_lost"
     with session_scope(settings.database_url) as session:
-        runs.add_event(session, job_id, f"Stopped during {runs.PHASES[step]}; the device is released.")
-        runs.release(session, job_id, owner)
-    return "cancelled"
+        return runs.stopped(session, job_id, owner, step)
 
 
 def _fail(settings: Settings, job_id: str, owner: str, code: str, message: str, param: str | None) -> str:

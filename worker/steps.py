@@ -105,7 +105,8 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     train = reports["training_file"]
     stats = train["token_stats"] or {}
     facts = DataFacts(train["n_examples"], max_tokens=stats.get("max"), max_context=context)
-    resolved = job_options.resolve(job_options.spec_values(ctx.job.method, ctx.job.seed), facts, ctx.settings)
+    values = job_options.spec_values(ctx.job.method, ctx.job.seed)
+    resolved = job_options.resolve(values, facts, ctx.settings, ctx.job.method.get("type", "esft"))
     write_json_atomic(out, {"reports": reports, "hyperparameters": resolved})
     ctx.log(f"Files validated: {train['n_examples']} training examples; {resolved['total_steps']} steps planned.")
     return {"hyperparameters": resolved}

@@ -1,8 +1,15 @@
-"""The job state machine: dispatch, lease/heartbeat, advance, fail, cancel and reaping of stale steps.
+"""The job state machine: dispatch, lease/heartbeat, advance, fail, stop requests and reaping of stale steps.
 
 The ``jobs`` row is the system of record. A step runs only under the dispatch id it was sent with and only
 while its worker holds the row's lease (renewed by heartbeats); every write from a worker is conditional on
 holding the lease and on the job not being terminal, so a stale or duplicate copy can never win.
+
+Cancel, pause and a worker's graceful shutdown are one mechanism: a stop request with a reason
+(``jobs.stop_reason``) that the running step sees at its next heartbeat; training then saves a checkpoint and
+stops, and ``stopped`` settles the job by reason (cancelled, paused, or released for the next worker's reaper
+to re-enqueue: a worker that is shutting down must not be handed its own step again). A paused job
+holds no device and is never reaped; ``resume`` dispatches its step again, and training continues from the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from api.core.db.models import Job, JobEvent
 from api.core.queue import STEPS, Queue
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+INACTIVE = (*TERMINAL, "paused")  # no step may run
+STOP_REASONS = ("cancel", "pause", "shutdown")
 PHASES = {
     "validate": "validating",
     "score": "scoring",
@@ -57,6 +66,7 @@ def dispatch(session: Session, job: Job, step: str, queue: Queue) -> str:
     job.dispatched_at = now()
     job.lease_owner = None
     job.lease_expires_at = None
+    job.stop_reason = None
     session.commit()
     queue.send(step, job.id, job.dispatch_id)
     return job.dispatch_id
@@ -82,7 +92,8 @@ def claim(session: Session, job_id: str, step: str, dispatch_id: str, owner: str
         values["status"] = "running"
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.step == step, Job.dispatch_id == dispatch_id, Job.status.not_in(TERMINAL))
+        .where(Job.id == job_id, Job.step == step, Job.dispatch_id == dispatch_id, Job.status.not_in(INACTIVE))
+        .where(Job.stop_reason.is_(None))
         .where((Job.lease_owner.is_(None)) | (Job.lease_expires_at < t) | (Job.lease_owner == owner))
         .values(**values)
     )
@@ -96,8 +107,10 @@ def claim(session: Session, job_id: str, step: str, dispatch_id: str, owner: str
     job = session.get(Job, job_id)
     if job is None:
         return Claim(False, "job no longer exists")
-    if job.status in TERMINAL:
+    if job.status in INACTIVE:
         return Claim(False, f"job is {job.status}")
+    if job.stop_reason:
+        return Claim(False, f"stop requested ({job.stop_reason})")
     if job.step != step or job.dispatch_id != dispatch_id:
         return Claim(False, f"stale dispatch (job is at step {job.step!r})")
     return Claim(False, f"lease held by {job.lease_owner}")
@@ -106,11 +119,11 @@ def claim(session: Session, job_id: str, step: str, dispatch_id: str, owner: str
 @dataclass
 class Beat:
     holds_lease: bool
-    cancel: bool
+    stop_reason: str | None  # cancel, pause or shutdown: stop at the next checkpoint
 
 
 def heartbeat(session: Session, job_id: str, owner: str, ttl_s: float) -> Beat:
-    """Renew the lease; report whether it is still ours and whether the job was cancelled."""
+    """Renew the lease; report whether it is still ours and whether a stop was requested."""
     t = now()
     result = session.execute(
         update(Job)
@@ -118,9 +131,9 @@ def heartbeat(session: Session, job_id: str, owner: str, ttl_s: float) -> Beat:
         .values(heartbeat_at=t, lease_expires_at=t + timedelta(seconds=ttl_s))
     )
     session.commit()
-    row = session.execute(select(Job.cancel_requested, Job.status).where(Job.id == job_id)).one_or_none()
-    cancel = row is None or bool(row[0]) or row[1] in TERMINAL
-    return Beat(holds_lease=result.rowcount == 1, cancel=cancel)
+    row = session.execute(select(Job.stop_reason, Job.status).where(Job.id == job_id)).one_or_none()
+    reason = "cancel" if row is None or row[1] in TERMINAL else row[0]
+    return Beat(holds_lease=result.rowcount == 1, stop_reason=reason)
 
 
 def update_owned(session: Session, job_id: str, owner: str, **values: Any) -> bool:
@@ -145,7 +158,7 @@ def advance(session: Session, job_id: str, owner: str, step: str, queue: Queue, 
     values.update(lease_owner=None, lease_expires_at=None)
     if not update_owned(session, job_id, owner, **values):
         return None
-    if following is not None:
+    if following is not None and not _settle_pause(session, job_id):
         queue.send(following, job_id, values["dispatch_id"])
     return following
 
@@ -182,10 +195,10 @@ def release(session: Session, job_id: str, owner: str) -> None:
 
 
 def cancel(session: Session, job: Job) -> bool:
-    """Flag cancellation and end the job; a running step sees the flag at its next heartbeat and stops."""
+    """End the job now (also a paused one); a running step sees the stop request at its next heartbeat."""
     if job.status in TERMINAL:
         return False
-    job.cancel_requested = True
+    job.stop_reason = "cancel"
     job.status = "cancelled"
     job.finished_at = now()
     job.seconds_remaining = None
@@ -194,18 +207,99 @@ def cancel(session: Session, job: Job) -> bool:
     return True
 
 
+def pause(session: Session, job: Job) -> bool:
+    """Ask the job to pause: at once when no step runs, else at the running step's next checkpoint."""
+    if job.status in INACTIVE or job.stop_reason:
+        return False
+    job.stop_reason = "pause"
+    if job.lease_owner is None:
+        job.status = "paused"
+        job.seconds_remaining = None
+        add_event(session, job.id, "Job paused.")
+    else:
+        add_event(session, job.id, f"Pause requested; stopping {job.phase or 'the step'} at a checkpoint.")
+    session.commit()
+    return True
+
+
+def resume(session: Session, job: Job, queue: Queue) -> bool:
+    """Dispatch a paused job's step again; training continues from its latest checkpoint."""
+    if job.status != "paused":
+        return False
+    job.status = "validating_files" if job.step == "validate" else "queued"
+    add_event(session, job.id, f"Job resumed at step {job.step!r}.")
+    dispatch(session, job, job.step, queue)  # clears the stop request
+    return True
+
+
+def request_shutdown(session: Session, owner_prefix: str) -> list[str]:
+    """A worker shutting down asks its running steps to checkpoint and stop; the next reaper pass of another
+    (or the restarted) worker re-enqueues them."""
+    query = select(Job.id).where(
+        Job.lease_owner.like(f"{owner_prefix}%"), Job.stop_reason.is_(None), Job.status.not_in(INACTIVE)
+    )
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids), Job.stop_reason.is_(None)).values(stop_reason="shutdown"))
+    session.commit()
+    return ids
+
+
+def _settle_pause(session: Session, job_id: str) -> bool:
+    """Turn a requested pause of a job no step runs into ``paused``; False if none was requested."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.stop_reason == "pause", Job.status.not_in(INACTIVE))
+        .values(status="paused", lease_owner=None, lease_expires_at=None, seconds_remaining=None)
+    )
+    if result.rowcount == 1:
+        phase = session.scalar(select(Job.phase).where(Job.id == job_id))
+        add_event(session, job_id, f"Paused during {phase or 'the job'}; the device is released.")
+    session.commit()
+    return result.rowcount == 1
+
+
+def stopped(session: Session, job_id: str, owner: str, step: str) -> str:
+    """Settle a step that stopped on request, by reason: ``cancelled``, ``paused`` or ``released``.
+
+    A step stopped by its worker's shutdown keeps ``stop_reason="shutdown"`` without a lease: no copy may
+    claim it until a reaper (of another or the restarted worker) re-enqueues it, at its next pass.
+    """
+    reason = session.scalar(select(Job.stop_reason).where(Job.id == job_id, Job.lease_owner == owner))
+    if reason == "pause" and _settle_pause(session, job_id):
+        return "paused"
+    if reason == "shutdown":
+        add_event(session, job_id, f"Worker shutting down: stopped during {PHASES[step]}; the next worker continues.")
+        release(session, job_id, owner)
+        return "released"
+    add_event(session, job_id, f"Stopped during {PHASES[step]}; the device is released.")
+    release(session, job_id, owner)
+    return "cancelled"
+
+
 def reap(session: Session, queue: Queue, *, undelivered_after_s: float) -> list[str]:
-    """Re-dispatch steps whose lease expired (worker died) or that nobody picked up for too long."""
+    """Re-dispatch steps whose lease expired (worker died) or that nobody picked up for too long.
+
+    Paused jobs are never reaped; a job whose worker died while pausing becomes ``paused``; a step its worker
+    released when shutting down is re-enqueued at once.
+    """
     t = now()
-    stale = select(Job).where(Job.status.not_in(TERMINAL), Job.lease_owner.is_not(None), Job.lease_expires_at < t)
+    released = select(Job).where(
+        Job.status.not_in(INACTIVE), Job.lease_owner.is_(None), Job.stop_reason == "shutdown"
+    )
+    stale = select(Job).where(Job.status.not_in(INACTIVE), Job.lease_owner.is_not(None), Job.lease_expires_at < t)
     lost = select(Job).where(
-        Job.status.not_in(TERMINAL),
+        Job.status.not_in(INACTIVE),
         Job.lease_owner.is_(None),
         Job.dispatched_at < t - timedelta(seconds=undelivered_after_s),
     )
     redispatched = []
-    for job in list(session.scalars(stale)) + list(session.scalars(lost)):
-        why = f"worker {job.lease_owner} stopped heartbeating" if job.lease_owner else "step was never picked up"
+    jobs = {job.id: job for query in (stale, released, lost) for job in session.scalars(query)}
+    for job in jobs.values():
+        if job.stop_reason == "pause" and _settle_pause(session, job.id):
+            continue
+        why = (f"worker {job.lease_owner} stopped heartbeating" if job.lease_owner
+               else "its worker shut down" if job.stop_reason == "shutdown" else "step was never picked up")
         add_event(session, job.id, f"Re-enqueued step {job.step!r}: {why}.", level="warn")
         dispatch(session, job, job.step, queue)
         redispatched.append(job.id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
@@ -30,7 +30,14 @@ async def create(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a .jsonl dataset")],
     purpose: Annotated[str, Form(description="must be 'fine-tune'")],
+    expires_anchor: Annotated[
+        str | None, Form(alias="expires_after[anchor]", description="OpenAI's expires_after: 'created_at'")
+    ] = None,
+    expires_seconds: Annotated[
+        int | None, Form(alias="expires_after[seconds]", description="seconds after the anchor (3600..2592000)")
+    ] = None,
 ) -> FileObject:
+    expires_after_s = files.check_expiry(expires_anchor, expires_seconds)
     row = await files.upload(
         session,
         storage,
@@ -39,6 +46,7 @@ async def create(
         filename=file.filename,
         purpose=purpose,
         chunks=_chunks(file),
+        expires_after_s=expires_after_s,
     )
     return files.to_public(row)
 
@@ -50,9 +58,12 @@ def list_(
     purpose: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
-    rows, has_more = files.list_files(session, principal.project_id, purpose=purpose, after=after, limit=limit)
-    return FileList(data=[files.to_public(r) for r in rows], has_more=has_more)
+    rows, has_more = files.list_files(
+        session, principal.project_id, purpose=purpose, after=after, limit=limit, order=order
+    )
+    return FileList.of([files.to_public(r) for r in rows], has_more)
 
 
 @router.get("/{file_id}", name="retrieve", response_model=FileObject)

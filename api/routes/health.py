@@ -1,4 +1,4 @@
-"""Liveness and readiness probes (the only unauthenticated routes)."""
+"""Liveness and readiness probes (public, like the API description; every `/v1` route needs a key)."""
 
 from __future__ import annotations
 

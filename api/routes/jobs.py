@@ -1,10 +1,11 @@
-"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events (JSON/SSE), checkpoints, artifacts."""
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events (JSON/SSE), checkpoints,
+artifacts."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
@@ -32,16 +33,40 @@ def create_job(
     return jobs.to_public(session, job)
 
 
-@router.get("", name="list_jobs", response_model=JobList)
+METADATA_QUERY = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "description": "keep jobs whose metadata has every pair: `metadata[key]=value` (as OpenAI's SDK sends it)",
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """``metadata[key]=value`` query pairs (a deep object FastAPI cannot declare as a parameter)."""
+    pairs = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            pairs[name[len("metadata[") : -1]] = value
+    return pairs
+
+
+@router.get("", name="list_jobs", response_model=JobList, openapi_extra={"parameters": [METADATA_QUERY]})
 def list_jobs(
+    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     after: str | None = None,
     limit: Limit = 20,
     status: JobStatus | None = None,
 ) -> JobList:
-    rows, has_more = jobs.list_jobs(session, principal.project_id, status=status, after=after, limit=limit)
-    return JobList(data=[jobs.to_public(session, r) for r in rows], has_more=has_more)
+    metadata = _metadata_filter(request)
+    rows, has_more = jobs.list_jobs(
+        session, principal.project_id, status=status, metadata=metadata, after=after, limit=limit
+    )
+    return JobList.of([jobs.to_public(session, r) for r in rows], has_more)
 
 
 @router.get("/{fine_tuning_job_id}", name="retrieve_job", response_model=JobObject)
@@ -59,6 +84,28 @@ def cancel_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id:
     return jobs.to_public(session, jobs.cancel(session, principal.project_id, fine_tuning_job_id))
 
 
+@router.post(
+    "/{fine_tuning_job_id}/pause",
+    name="pause_job",
+    response_model=JobObject,
+    responses=error_responses(409),
+)
+def pause_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id: str) -> JobObject:
+    """Checkpoint and release the device; ``paused`` at once when no step runs, else at the next checkpoint."""
+    return jobs.to_public(session, jobs.pause(session, principal.project_id, fine_tuning_job_id))
+
+
+@router.post(
+    "/{fine_tuning_job_id}/resume",
+    name="resume_job",
+    response_model=JobObject,
+    responses=error_responses(409),
+)
+def resume_job(principal: PrincipalDep, session: SessionDep, queue: QueueDep, fine_tuning_job_id: str) -> JobObject:
+    """Continue a paused job from its step (training from its latest checkpoint)."""
+    return jobs.to_public(session, jobs.resume(session, queue, principal.project_id, fine_tuning_job_id))
+
+
 @router.get(
     "/{fine_tuning_job_id}/events",
     name="list_events",
@@ -72,14 +119,17 @@ def list_events(
     fine_tuning_job_id: str,
     after: str | None = None,
     limit: Limit = 20,
-    stream: Annotated[bool, Query(description="Server-Sent Events until the job ends")] = False,
+    stream: Annotated[bool, Query(description="Server-Sent Events, oldest first, until the job ends")] = False,
+    last_event_id: Annotated[str | None, Header(description="resume a stream after this event")] = None,
 ):
+    """Newest first (``after`` gives older events); ``stream=true``: oldest first, resumable."""
     job = jobs.get(session, principal.project_id, fine_tuning_job_id)
     if stream:
-        frames = events.stream(request.app.state.session_factory, job.id, after=after)
+        position = events.stream_start(session, job.id, last_event_id or after)
+        frames = events.stream(request.app.state.session_factory, job.id, position=position)
         return StreamingResponse(frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     rows, has_more = events.list_events(session, job.id, after=after, limit=limit)
-    return JobEventList(data=[events.to_public(r) for r in rows], has_more=has_more)
+    return JobEventList.of([events.to_public(r) for r in rows], has_more)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", name="list_checkpoints", response_model=CheckpointList)
@@ -93,7 +143,7 @@ def list_checkpoints(
     job = jobs.get(session, principal.project_id, fine_tuning_job_id)
     rows, has_more = artifacts.list_checkpoints(session, job, after=after, limit=limit)
     name = jobs.adapter_name(job)
-    return CheckpointList(data=[artifacts.checkpoint_public(r, name) for r in rows], has_more=has_more)
+    return CheckpointList.of([artifacts.checkpoint_public(r, name) for r in rows], has_more)
 
 
 @router.get("/{fine_tuning_job_id}/artifacts", name="list_artifacts", response_model=ArtifactList)
@@ -101,7 +151,7 @@ def list_artifacts(
     principal: PrincipalDep, session: SessionDep, storage: StorageDep, fine_tuning_job_id: str
 ) -> ArtifactList:
     job = jobs.get(session, principal.project_id, fine_tuning_job_id)
-    return ArtifactList(data=artifacts.list_artifacts(storage, job))
+    return ArtifactList.of(artifacts.list_artifacts(storage, job), key="name")
 
 
 @router.get(

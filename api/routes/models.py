@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=COMMON_ERRORS
 
 @router.get("", name="list", response_model=ModelList)
 def list_(principal: PrincipalDep, session: SessionDep) -> ModelList:
-    return ModelList(data=registry.list_models(session, principal.project_id))
+    return ModelList.of(registry.list_models(session, principal.project_id))
 
 
 @router.get("/{model}", name="retrieve", response_model=ModelObject)

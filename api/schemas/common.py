@@ -1,6 +1,8 @@
-"""Shapes shared by every resource: strict request base, error envelope, deletion receipts."""
+"""Shapes shared by every resource: strict request base, list page, error envelope, deletion receipts."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -9,6 +11,21 @@ class StrictRequest(BaseModel):
     """Request bodies: no coercion (``"top_p": false`` is an error) and no unknown fields."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ListPage(BaseModel):
+    """OpenAI's list page: ``data`` plus ``has_more`` and the ids of its first and last items."""
+
+    object: Literal["list"] = "list"
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+    @classmethod
+    def of(cls, data: list, has_more: bool = False, key: str = "id"):
+        """A page of ``data``; ``key`` is the items' identifying field (``name`` for artifacts)."""
+        ids = [getattr(item, key) for item in data]
+        return cls(data=data, has_more=has_more, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
 
 
 class ErrorDetail(BaseModel):

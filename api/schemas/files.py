@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from api.schemas.common import ListPage
+
 
 class ValidationIssue(BaseModel):
     line: int | None = Field(description="1-based line, or null for a file-level problem")
@@ -32,6 +34,7 @@ class FileObject(BaseModel):
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
+    expires_at: int | None = Field(default=None, description="when the file is deleted (`expires_after` on upload)")
     filename: str
     purpose: str
     status: Literal["processed", "error"]
@@ -40,7 +43,5 @@ class FileObject(BaseModel):
     validation_report: ValidationReport | None = None
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
+class FileList(ListPage):
     data: list[FileObject]
-    has_more: bool = False

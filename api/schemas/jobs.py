@@ -1,4 +1,5 @@
-"""Fine-tuning jobs: the create request (``method.type = "esft"``), the job object, events, checkpoints."""
+"""Fine-tuning jobs: the create request (``method.type`` ``esft`` or ``supervised``), the job object, events,
+checkpoints and the list pages (OpenAI's ``first_id``/``last_id``/``has_more``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas.common import StrictRequest
+from api.schemas.common import ListPage, StrictRequest
 from api.schemas.options import AutoValue, api_options, field_of, model_of
 
-__all__ = ["AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method"]
+__all__ = ["AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method", "SupervisedHyperparameters"]
 
 
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+MethodType = Literal["esft", "supervised"]
+# OpenAI's supervised hyperparameters; their meaning is the same as the ESFT options of the same names.
+SUPERVISED_OPTIONS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 JobPhase = Literal["validating", "scoring", "selecting", "training", "evaluating", "registering"]
 
 # Fields derived from the library's option declarations (esft.config); descriptions, bounds, "auto" from there.
@@ -23,22 +27,41 @@ ESFTParams = model_of(
     "ESFTParams", "method", "ESFT method settings (paper sections 3.2-3.3) and training hyperparameters.",
     hyperparameters=(Hyperparameters, Field(default_factory=Hyperparameters)),
 )
+SupervisedHyperparameters = model_of(
+    "SupervisedHyperparameters", "hyperparameters", "OpenAI's supervised hyperparameters (the ESFT options of the "
+    "same names); auto values are resolved from the dataset.", only=SUPERVISED_OPTIONS,
+)
 _SEED_TYPE, _SEED_FIELD = field_of(next(o for o in api_options("job") if o.name == "seed"), default=None)
 
 
+class SupervisedParams(StrictRequest):
+    """``supervised``: the service's default method (ESFT with its default scoring and selection)."""
+
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)  # type: ignore
+
+
 class Method(StrictRequest):
-    type: Literal["esft"] = "esft"
-    esft: ESFTParams = Field(default_factory=ESFTParams)  # type: ignore[valid-type]
+    """``{"type": T, T: {...}}`` as OpenAI's SDK sends it; only the object named by ``type`` may be given."""
+
+    type: MethodType = "esft"
+    esft: ESFTParams | None = None  # type: ignore[valid-type]
+    supervised: SupervisedParams | None = None
 
 
 class JobCreate(StrictRequest):
     model: str = Field(description="a registered base model id (GET /v1/models)")
     training_file: str
     validation_file: str | None = None
-    method: Method = Field(default_factory=Method)
+    method: Method | None = Field(default=None, description="default: `esft` with every option auto")
+    hyperparameters: SupervisedHyperparameters | None = Field(  # type: ignore[valid-type]
+        default=None, description="OpenAI's older form of `method.supervised.hyperparameters` (not with `method`)"
+    )
     seed: _SEED_TYPE | None = _SEED_FIELD  # type: ignore[valid-type]
     suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    integrations: list[dict[str, Any]] | None = Field(
+        default=None, description="not supported: a non-empty list is refused with 400"
+    )
 
 
 class JobError(BaseModel):
@@ -79,10 +102,8 @@ class JobObject(BaseModel):
     integrations: list[Any] = Field(default_factory=list)
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
+class JobList(ListPage):
     data: list[JobObject]
-    has_more: bool = False
 
 
 class JobEventObject(BaseModel):
@@ -95,10 +116,8 @@ class JobEventObject(BaseModel):
     data: dict[str, Any] | None = None
 
 
-class JobEventList(BaseModel):
-    object: Literal["list"] = "list"
+class JobEventList(ListPage):
     data: list[JobEventObject]
-    has_more: bool = False
 
 
 class CheckpointObject(BaseModel):
@@ -111,10 +130,8 @@ class CheckpointObject(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
-class CheckpointList(BaseModel):
-    object: Literal["list"] = "list"
+class CheckpointList(ListPage):
     data: list[CheckpointObject]
-    has_more: bool = False
 
 
 class ArtifactObject(BaseModel):
@@ -124,7 +141,7 @@ class ArtifactObject(BaseModel):
     content_type: str
 
 
-class ArtifactList(BaseModel):
-    object: Literal["list"] = "list"
+class ArtifactList(ListPage):
+    """``first_id``/``last_id`` are artifact names (artifacts are named, not numbered)."""
+
     data: list[ArtifactObject]
-    has_more: bool = False

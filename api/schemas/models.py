@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas.common import StrictRequest
+from api.schemas.common import ListPage, StrictRequest
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -22,10 +22,8 @@ class ModelObject(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
+class ModelList(ListPage):
     data: list[ModelObject]
-    has_more: bool = False
 
 
 class BaseModelCreate(StrictRequest):

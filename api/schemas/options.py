@@ -57,7 +57,7 @@ def field_of(opt: Option, *, default: Any = ...) -> tuple[Any, Any]:
     return annotation, Field(default=default, description=description)
 
 
-def model_of(name: str, section: str, doc: str, **extra: Any) -> type:
-    """A strict request model with one field per API option of ``section``, plus ``extra`` fields."""
-    fields = {o.name: field_of(o) for o in api_options(section)}
+def model_of(name: str, section: str, doc: str, *, only: tuple[str, ...] | None = None, **extra: Any) -> type:
+    """A strict request model with one field per API option of ``section`` (those named in ``only``), plus ``extra``."""
+    fields = {o.name: field_of(o) for o in api_options(section) if only is None or o.name in only}
     return create_model(name, __base__=StrictRequest, __doc__=doc, **fields, **extra)

@@ -19,10 +19,10 @@ def unix(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def page_newest_first(
-    session: Session, query: Select, model: Any, *, after: str | None, limit: int
+def page_by_created(
+    session: Session, query: Select, model: Any, *, after: str | None, limit: int, order: str = "desc"
 ) -> tuple[list[Any], bool]:
-    """Rows newest first after the cursor row ``after`` (an id); returns ``(rows, has_more)``.
+    """Rows by creation (``desc``: newest first) after the cursor row ``after`` (an id); ``(rows, has_more)``.
 
     An unknown cursor yields an empty page rather than an error, as OpenAI does.
     """
@@ -31,6 +31,10 @@ def page_newest_first(
         if cursor is None:
             return [], False
         created, ident = cursor
-        query = query.where(or_(model.created_at < created, and_(model.created_at == created, model.id < ident)))
-    rows = list(session.scalars(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)))
+        if order == "desc":
+            query = query.where(or_(model.created_at < created, and_(model.created_at == created, model.id < ident)))
+        else:
+            query = query.where(or_(model.created_at > created, and_(model.created_at == created, model.id > ident)))
+    keys = (model.created_at.desc(), model.id.desc()) if order == "desc" else (model.created_at, model.id)
+    rows = list(session.scalars(query.order_by(*keys).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

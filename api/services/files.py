@@ -1,31 +1,35 @@
-"""Dataset files: streamed upload, line-by-line validation report, listing, content and deletion per project.
+"""Dataset files: streamed upload, line-by-line validation report, listing, content, deletion and expiry.
 
 Uploads stream into a temporary blob (size-limited, hashed). Files that are not line-delimited UTF-8 JSON are
 rejected with 400 and nothing is kept; files with schema problems (roles, missing assistant turn) are kept
-with ``status="error"`` and their report, so a job on them fails at ``validating_files``.
+with ``status="error"`` and their report, so a job on them fails at ``validating_files``. An upload with
+OpenAI's ``expires_after`` gets an ``expires_at``; ``sweep_expired`` (run by the worker's reaper) deletes
+expired files that no unfinished job uses.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio.to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.core.db.models import File, Job
+from api.core.db.models import File, Job, utcnow
 from api.core.errors import ServiceError, not_found
 from api.core.settings import Settings
 from api.core.storage import LocalStorage, TooLarge
 from api.schemas.files import FileObject, ValidationReport
-from api.services.common import new_id, page_newest_first, unix
+from api.services.common import new_id, page_by_created, unix
 from esft.data.formats import LineLimits, validate_jsonl
 
 PURPOSES = ("fine-tune",)
+EXPIRY_BOUNDS_S = (3600, 30 * 24 * 3600)  # OpenAI's: one hour to thirty days after created_at
 FATAL_CODES = ("invalid_utf8", "invalid_json", "empty_file")
-ACTIVE = ("validating_files", "queued", "running")
+ACTIVE = ("validating_files", "queued", "running", "paused")  # unfinished: a paused job resumes on its files
 
 
 def clean_filename(name: str | None) -> str:
@@ -50,6 +54,20 @@ def _check_request(filename: str, purpose: str) -> None:
             code="invalid_file_format",
             param="file",
         )
+
+
+def check_expiry(anchor: str | None, seconds: int | None) -> int | None:
+    """Seconds after ``created_at`` the file expires (OpenAI's ``expires_after``), or None to keep it."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise ServiceError(400, f"expires_after.anchor must be 'created_at', got {anchor!r}.",
+                           code="invalid_expires_after", param="expires_after.anchor")
+    low, high = EXPIRY_BOUNDS_S
+    if seconds is None or not low <= seconds <= high:
+        raise ServiceError(400, f"expires_after.seconds must be between {low} and {high}, got {seconds!r}.",
+                           code="invalid_expires_after", param="expires_after.seconds")
+    return seconds
 
 
 def _fatal_error(report_dict: dict) -> ServiceError | None:
@@ -77,6 +95,7 @@ async def upload(
     filename: str | None,
     purpose: str,
     chunks: AsyncIterator[bytes],
+    expires_after_s: int | None = None,
 ) -> File:
     """Store and validate an upload; nothing is kept when it is rejected."""
     name = clean_filename(filename)
@@ -94,18 +113,11 @@ async def upload(
         report = await anyio.to_thread.run_sync(_validate, tmp, settings)
         if (error := _fatal_error(report)) is not None:
             raise error
-        file_id = new_id("file")
-        row = File(
-            id=file_id,
-            project_id=project_id,
-            filename=name,
-            purpose=purpose,
-            bytes=size,
-            sha256=digest,
-            status="processed" if report["ok"] else "error",
-            storage_key=f"files/{file_id}",
-            validation=report,
-        )
+        file_id, created = new_id("file"), utcnow()
+        expires_at = created + timedelta(seconds=expires_after_s) if expires_after_s else None
+        row = File(id=file_id, project_id=project_id, filename=name, purpose=purpose, bytes=size, sha256=digest,
+                   status="processed" if report["ok"] else "error", storage_key=f"files/{file_id}",
+                   validation=report, created_at=created, expires_at=expires_at)
         storage.commit(tmp, row.storage_key)
     except BaseException:
         storage.discard(tmp)
@@ -126,18 +138,38 @@ def get(session: Session, project_id: str, file_id: str, *, param: str | None = 
     return row
 
 
-def list_files(session: Session, project_id: str, *, purpose: str | None, after: str | None, limit: int):
+def list_files(
+    session: Session, project_id: str, *, purpose: str | None, after: str | None, limit: int, order: str = "desc"
+):
     query = select(File).where(File.project_id == project_id)
     if purpose:
         query = query.where(File.purpose == purpose)
-    return page_newest_first(session, query, File, after=after, limit=limit)
+    return page_by_created(session, query, File, after=after, limit=limit, order=order)
+
+
+def _used_by(file_id: str):
+    """Unfinished jobs (a paused one too) that read the file."""
+    return select(Job.id).where(
+        Job.status.in_(ACTIVE), (Job.training_file == file_id) | (Job.validation_file == file_id)
+    )
+
+
+def sweep_expired(session: Session, storage: LocalStorage, *, now: datetime | None = None) -> list[str]:
+    """Delete every expired file that no unfinished job uses; returns their ids."""
+    now = now or utcnow()
+    deleted = []
+    for row in session.scalars(select(File).where(File.expires_at.is_not(None), File.expires_at <= now)).all():
+        if session.scalars(_used_by(row.id)).first() is None:
+            session.delete(row)
+            session.commit()
+            storage.delete(row.storage_key)
+            deleted.append(row.id)
+    return deleted
 
 
 def delete(session: Session, storage: LocalStorage, project_id: str, file_id: str) -> None:
     row = get(session, project_id, file_id)
-    users = session.scalars(
-        select(Job.id).where(Job.status.in_(ACTIVE), (Job.training_file == file_id) | (Job.validation_file == file_id))
-    ).all()
+    users = session.scalars(_used_by(file_id)).all()
     if users:
         raise ServiceError(
             409,
@@ -163,6 +195,7 @@ def to_public(row: File) -> FileObject:
         id=row.id,
         bytes=row.bytes,
         created_at=unix(row.created_at),
+        expires_at=unix(row.expires_at),
         filename=row.filename,
         purpose=row.purpose,
         status=row.status,

@@ -15,32 +15,48 @@ from esft.config import AUTO, CONFIG_CLASSES, DataFacts, resolve_auto
 from esft.errors import ConfigError
 from esft.options import Option, declared_options
 
-_PREFIX = {"method": "method.esft.", "hyperparameters": "method.esft.hyperparameters.", "job": ""}
-
 
 def _options() -> dict[str, Option]:
     """API-exposed options by name (scoring and training share ``batch_size``/``seq_len``: training's wins)."""
     return {o.name: o for cls in CONFIG_CLASSES for o in declared_options(cls) if "api" in o.expose}
 
 
-def api_path(name: str) -> str:
+def api_path(name: str, method_type: str = "esft") -> str:
     """Where option ``name`` sits in the job spec, e.g. ``method.esft.hyperparameters.n_epochs``."""
     opt = _options().get(name)
-    return _PREFIX[opt.section] + name if opt else name
+    if opt is None or opt.section == "job":
+        return name
+    return f"method.{method_type}." + ("hyperparameters." if opt.section == "hyperparameters" else "") + name
+
+
+def service_defaults() -> dict[str, Any]:
+    """The value of every API option a spec leaves out: ``auto`` where it has a rule, else the library default.
+
+    A ``supervised`` job is exactly these defaults plus its three hyperparameters.
+    """
+    return {o.name: AUTO if o.auto else o.default for o in _options().values() if o.section != "job"}
 
 
 def spec_values(method: dict[str, Any], seed: int | None) -> dict[str, Any]:
-    """The flat option values of a stored job spec (``auto`` kept as ``"auto"``)."""
-    esft = dict(method.get("esft") or {})
-    values = {**{k: v for k, v in esft.items() if k != "hyperparameters"}, **(esft.get("hyperparameters") or {})}
+    """The flat option values of a stored job spec, every option present (``auto`` kept as ``"auto"``)."""
+    params = dict(method.get(method.get("type", "esft")) or {})
+    given = {k: v for k, v in params.items() if k != "hyperparameters"} | dict(params.get("hyperparameters") or {})
+    values = {**service_defaults(), **given}
     if seed is not None:
         values["seed"] = seed
     return values
 
 
-def check(values: dict[str, Any], settings: Settings) -> None:
+def _both_rates(values: dict[str, Any]) -> list[tuple[str, str]]:
+    unset = (AUTO, None)
+    if values.get("learning_rate", AUTO) in unset or values.get("learning_rate_multiplier", AUTO) in unset:
+        return []
+    return [("learning_rate_multiplier", "give `learning_rate_multiplier` or `learning_rate`, not both")]
+
+
+def check(values: dict[str, Any], settings: Settings, method_type: str = "esft") -> None:
     """Reject a spec the library refuses or this deployment does not allow (all problems in one error)."""
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _both_rates(values)
     for name, limit in settings.option_limits().items():
         value = values.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
@@ -52,10 +68,10 @@ def check(values: dict[str, Any], settings: Settings) -> None:
         except ConfigError as exc:
             problems += [(exc.param or "", p) for p in exc.problems if (exc.param or "", p) not in problems]
     if problems:
-        raise ConfigError([p for _, p in problems], param=api_path(problems[0][0]))
+        raise ConfigError([p for _, p in problems], param=api_path(problems[0][0], method_type))
 
 
-def resolve(values: dict[str, Any], facts: DataFacts, settings: Settings) -> dict[str, Any]:
+def resolve(values: dict[str, Any], facts: DataFacts, settings: Settings, method_type: str = "esft") -> dict[str, Any]:
     """Every ``auto`` chosen by the library from the data; the planned steps checked against the limit."""
     resolved = resolve_auto(values, facts)
     limit = settings.max_steps
@@ -63,7 +79,7 @@ def resolve(values: dict[str, Any], facts: DataFacts, settings: Settings) -> dic
         raise ConfigError(
             f"the job would run {resolved['total_steps']} optimizer steps ({facts.n_examples} examples), above "
             f"this service's limit of {limit}; lower n_epochs or set max_steps",
-            param=api_path("n_epochs"),
+            param=api_path("n_epochs", method_type),
         )
     return resolved
 

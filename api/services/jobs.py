@@ -1,4 +1,4 @@
-"""Fine-tuning jobs for the API: create (check, enqueue), list, get, cancel, and the public view."""
+"""Fine-tuning jobs for the API: create (check, enqueue), list, get, cancel, pause, resume, and the public view."""
 
 from __future__ import annotations
 
@@ -13,20 +13,43 @@ from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
-from api.schemas.jobs import JobCreate, JobError, JobObject, JobProgress
+from api.schemas.jobs import ESFTParams, JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams
 from api.services import files, job_options
-from api.services.common import new_id, page_newest_first, unix
+from api.services.common import new_id, page_by_created, unix
 
 WAITING = ("validating_files", "queued")
 
 
 def adapter_name(job: Job) -> str:
-    """``ft:{base}:{suffix}:{job}``, the name the registry and ``/v1/models`` use."""
-    return f"ft:{job.model}:{job.suffix or 'esft'}:{job.id}"
+    """OpenAI's ``ft:{base}:{org}:{suffix}:{job}`` (org: the project id; suffix empty when none was given)."""
+    return f"ft:{job.model}:{job.project_id}:{job.suffix or ''}:{job.id}"
 
 
-def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
-    """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
+def _refuse(message: str, param: str, code: str = "invalid_request") -> ServiceError:
+    return ServiceError(400, message, code=code, param=param)
+
+
+def job_method(body: JobCreate) -> dict[str, Any]:
+    """The stored method: ``{"type": T, T: {...}}`` from ``method`` or OpenAI's older top-level ``hyperparameters``."""
+    if body.integrations:
+        raise _refuse("integrations are not supported by this service; leave `integrations` out.",
+                      "integrations", "integrations_not_supported")
+    method = body.method
+    if body.hyperparameters is not None:
+        if method is not None:
+            raise _refuse("Give hyperparameters under `method.<type>.hyperparameters`, or the older top-level "
+                          "`hyperparameters` without `method`, not both.", "hyperparameters")
+        method = Method(type="supervised", supervised=SupervisedParams(hyperparameters=body.hyperparameters))
+    method = method or Method()
+    other = "supervised" if method.type == "esft" else "esft"
+    if getattr(method, other) is not None:
+        raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
+                      f"{other!r} or leave it out.", f"method.{other}")
+    params = getattr(method, method.type) or (ESFTParams() if method.type == "esft" else SupervisedParams())
+    return {"type": method.type, method.type: params.model_dump(mode="json")}
+
+
+def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
     if session.get(BaseModel, body.model) is None:
         raise ServiceError(
             404,
@@ -43,16 +66,21 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
                 code="invalid_file_purpose",
                 param=param,
             )
-    job_options.check(job_options.spec_values(body.method.model_dump(mode="json"), body.seed), settings)
-    hyperparameters = body.method.esft.hyperparameters.model_dump(mode="json")
+
+
+def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
+    """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
+    method = job_method(body)
+    _check_inputs(session, project_id, body)
+    job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
     job = Job(
         id=new_id("ftjob"),
         project_id=project_id,
         model=body.model,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        method=body.method.model_dump(mode="json"),
-        hyperparameters=hyperparameters,
+        method=method,
+        hyperparameters=method[method["type"]]["hyperparameters"],
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         suffix=body.suffix,
         metadata_=body.metadata,
@@ -73,11 +101,22 @@ def get(session: Session, project_id: str, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, project_id: str, *, status: str | None, after: str | None, limit: int):
+def list_jobs(
+    session: Session,
+    project_id: str,
+    *,
+    status: str | None,
+    metadata: dict[str, str] | None = None,
+    after: str | None,
+    limit: int,
+):
+    """A page of the project's jobs, newest first; ``metadata`` keeps jobs whose metadata has every pair."""
     query = select(Job).where(Job.project_id == project_id)
     if status:
         query = query.where(Job.status == status)
-    return page_newest_first(session, query, Job, after=after, limit=limit)
+    for key, value in (metadata or {}).items():
+        query = query.where(Job.metadata_[key].as_string() == value)
+    return page_by_created(session, query, Job, after=after, limit=limit)
 
 
 def cancel(session: Session, project_id: str, job_id: str) -> Job:
@@ -87,6 +126,32 @@ def cancel(session: Session, project_id: str, job_id: str) -> Job:
             409,
             f"Job {job_id} is already {job.status}; only unfinished jobs can be cancelled.",
             code="job_not_cancellable",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+def pause(session: Session, project_id: str, job_id: str) -> Job:
+    job = get(session, project_id, job_id)
+    if not runs.pause(session, job):
+        state = "pausing" if job.stop_reason == "pause" else job.status
+        raise ServiceError(
+            409,
+            f"Job {job_id} is {state}; only queued or running jobs can be paused.",
+            code="job_not_pausable",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+def resume(session: Session, queue: Queue, project_id: str, job_id: str) -> Job:
+    job = get(session, project_id, job_id)
+    if not runs.resume(session, job, queue):
+        state = "still pausing" if job.stop_reason == "pause" else job.status
+        raise ServiceError(
+            409,
+            f"Job {job_id} is {state}; only paused jobs can be resumed.",
+            code="job_not_resumable",
             param="fine_tuning_job_id",
         )
     return job
@@ -106,6 +171,18 @@ def _estimated_finish(job: Job) -> int | None:
     if job.seconds_remaining is None or job.heartbeat_at is None or job.status != "running":
         return None
     return int(job.heartbeat_at.timestamp() + job.seconds_remaining)
+
+
+def public_method(job: Job) -> dict[str, Any]:
+    """The stored method with its hyperparameters replaced by the resolved values once files are validated."""
+    method = dict(job.method)
+    kind = method.get("type", "esft")
+    params = dict(method.get(kind) or {})
+    given = params.get("hyperparameters") or {}
+    resolved = job.hyperparameters or {}
+    params["hyperparameters"] = {k: resolved.get(k, v) if "total_steps" in resolved else v for k, v in given.items()}
+    method[kind] = params
+    return method
 
 
 def to_public(session: Session, job: Job) -> JobObject:
@@ -134,7 +211,7 @@ def to_public(session: Session, job: Job) -> JobObject:
         queue_position=queue_position(session, job),
         error=error,
         hyperparameters=job.hyperparameters,
-        method=job.method,
+        method=public_method(job),
         result_files=job.result_files or [],
         trained_tokens=job.trained_tokens,
         training_file=job.training_file,

@@ -32,6 +32,25 @@ def test_health_needs_no_key(client):
     assert client.get("/health/ready").json() == {"status": "ready"}
 
 
+PUBLIC = {"/health", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def test_one_auth_rule_every_v1_route_needs_a_key_and_only_probes_and_api_docs_are_public(client):
+    """docs/service.md: `/v1/*` needs a key; the probes and the API description (no data in it) do not."""
+    import re
+
+    documented = client.app.openapi()["paths"]
+    paths = {(method.upper(), path) for path, operations in documented.items() for method in operations}
+    paths |= {("GET", route.path) for route in client.app.routes if getattr(route, "path", None)}  # the docs
+    assert {path for _, path in paths if not path.startswith("/v1/")} == PUBLIC
+    for path in PUBLIC:
+        assert client.get(path).status_code == 200, path
+    for method, path in sorted(paths):
+        if path.startswith("/v1/") and method != "HEAD":
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            assert_error(client.request(method, concrete), 401, "missing_api_key")
+
+
 def test_keys_are_stored_hashed(client, settings, auth):
     raw = auth["Authorization"].split()[1]
     with session_scope(settings.database_url) as session:

@@ -43,3 +43,34 @@ def test_migrations_ship_inside_the_package_and_run_from_any_directory(tmp_path,
     subprocess.run([sys.executable, "-m", "api.core.migrate"], check=True, capture_output=True)
     with make_engine(f"sqlite:///{tmp_path}/data/esft.db").connect() as connection:
         assert "jobs" in inspect(connection).get_table_names()
+
+
+def test_0002_keeps_cancel_flags_and_event_ids_both_ways(tmp_path):
+    """Data written under 0001 survives 0002 (cancel flag -> stop reason, shown event ids kept) and back."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path}/m.db"
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO projects (id, name, created_at) VALUES ('p', 'p', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO base_models (id, path, architectures, config_hash, identity, created_at) "
+            "VALUES ('m', '/m', '[]', 'h', '{}', '2026-01-01')"))
+        for job, cancelled in (("j1", True), ("j2", False)):
+            connection.execute(text(
+                "INSERT INTO jobs (id, project_id, model, training_file, method, hyperparameters, seed, status, step,"
+                " attempts, cancel_requested, result_files, created_at) VALUES (:id, 'p', 'm', 'f', '{}', '{}', 0,"
+                " 'queued', 'validate', 0, :c, '[]', '2026-01-01')"), {"id": job, "c": cancelled})
+        connection.execute(text("INSERT INTO job_events (id, job_id, created_at, level, type, message) "
+                                "VALUES (7, 'j1', '2026-01-01', 'info', 'message', 'Created')"))
+    upgrade(url)
+    with engine.connect() as connection:
+        reasons = dict(connection.execute(text("SELECT id, stop_reason FROM jobs ORDER BY id")).all())
+        assert reasons == {"j1": "cancel", "j2": None}
+        assert connection.execute(text("SELECT public_id FROM job_events")).scalar_one() == "ftevent-7"
+    downgrade(url, "0001")
+    with engine.connect() as connection:
+        flags = dict(connection.execute(text("SELECT id, cancel_requested FROM jobs ORDER BY id")).all())
+        assert {k: bool(v) for k, v in flags.items()} == {"j1": True, "j2": False}
+    engine.dispose()

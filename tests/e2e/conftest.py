@@ -97,12 +97,13 @@ class Service:
         raise AssertionError(f"job {job_id} did not reach the condition: {json.dumps(job)}\n{tail}")
 
     def events(self, job_id: str) -> list[dict]:
+        """Every event of the job, oldest first (pages come newest first)."""
         out, after = [], ""
         while True:
             page = self.http.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100{after}").json()
             out += page["data"]
             if not page["has_more"]:
-                return out
+                return out[::-1]
             after = f"&after={page['data'][-1]['id']}"
 
 

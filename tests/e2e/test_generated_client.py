@@ -90,7 +90,7 @@ def test_generated_client_runs_a_job(service, generated):
     events = fine_tuning_list_events.sync(client=client, fine_tuning_job_id=job.id, limit=100)
     assert any(e.type_ == "metrics" for e in events.data)
     model = models_retrieve.sync(client=client, model=job.fine_tuned_model)
-    assert model.parent == "toy" and job.fine_tuned_model.startswith("ft:toy:gen:")
+    assert model.parent == "toy" and job.fine_tuned_model == f"ft:toy:{job.organization_id}:gen:{job.id}"
     archive = models_download.sync_detailed(client=client, model=job.fine_tuned_model)
     assert archive.status_code == 200 and archive.content[:2] == b"\x1f\x8b"  # gzip magic
 

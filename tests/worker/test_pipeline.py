@@ -10,6 +10,7 @@ from sqlalchemy import update
 from api.core.db.models import Job
 from api.core.db.session import session_scope
 from api.core.queue import STEPS
+from tests.openai_objects import check_openai
 from tests.service_support import assert_error, chat_rows, job_body, jsonl
 
 
@@ -23,9 +24,10 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     job = run_job(client, auth, queue, base_model, training_file, save_every=2)
     assert job["status"] == "succeeded", job
     assert [step for step, _ in queue.outcomes] == list(STEPS)
-    assert job["fine_tuned_model"] == f"ft:toy:esft:{job['id']}" and job["trained_tokens"] > 0
+    assert job["fine_tuned_model"] == f"ft:toy:{job['organization_id']}::{job['id']}" and job["trained_tokens"] > 0
     assert job["progress"]["fraction"] == 1.0 and job["hyperparameters"]["total_steps"] == 4
-    models = {m["id"]: m for m in client.get("/v1/models", headers=auth).json()["data"]}
+    check_openai(job)  # with the hyperparameters the worker resolved
+    models = {m["id"]: m for m in check_openai(client.get("/v1/models", headers=auth))["data"]}
     assert models[job["fine_tuned_model"]]["parent"] == "toy"
     archive = client.get(f"/v1/models/{job['fine_tuned_model']}/content", headers=auth)
     with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
@@ -33,9 +35,9 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     assert any(n.endswith("adapter_config.json") for n in names)
     assert any(n.endswith("adapter_model.safetensors") for n in names)
     assert not any("checkpoints" in n for n in names)
-    artifacts = {
-        a["name"] for a in client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts", headers=auth).json()["data"]
-    }
+    page = client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts", headers=auth).json()
+    assert (page["first_id"], page["last_id"]) == (page["data"][0]["name"], page["data"][-1]["name"])
+    artifacts = {a["name"] for a in page["data"]}
     assert {
         "expert_scores.json",
         "expert_config.json",
@@ -49,14 +51,14 @@ def test_job_succeeds_and_registers_a_downloadable_adapter(client, auth, queue, 
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
     csv = client.get(f"/v1/files/{job['result_files'][0]}/content", headers=auth).text
     assert csv.splitlines()[0].startswith("step,") and len(csv.splitlines()) == 5
-    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=auth).json()["data"]
+    checkpoints = check_openai(client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=auth))["data"]
     assert [c["step_number"] for c in checkpoints] == [4, 2]
     metrics = [
         e
         for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=100", headers=auth).json()["data"]
         if e["type"] == "metrics" and e["data"].get("phase") == "training"
     ]
-    assert metrics[-1]["data"]["step"] == 4 and "train_loss" in metrics[-1]["data"]
+    assert metrics[0]["data"]["step"] == 4 and "train_loss" in metrics[0]["data"]  # newest first
 
 
 def test_every_step_skips_when_its_artifact_exists(client, auth, queue, lib, base_model, training_file, settings):
@@ -116,7 +118,7 @@ def test_validation_file_gives_validation_loss(client, auth, queue, base_model, 
     queue.drain()
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=auth).json()["status"] == "succeeded"
     data = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=100", headers=auth).json()["data"]
-    final = [e["data"] for e in data if e["type"] == "metrics" and e["data"].get("step") == 4][-1]
+    final = [e["data"] for e in data if e["type"] == "metrics" and e["data"].get("step") == 4][0]
     assert final["valid_loss"] > 0 and final["tokens_per_s"] > 0
     results = client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/eval_results.json", headers=auth).json()
     assert results["source"] == "validation_file" and results["n_examples"] == 4

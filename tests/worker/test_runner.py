@@ -34,12 +34,13 @@ def get(client, auth, job_id) -> dict:
 
 
 def events(client, auth, job_id) -> list[str]:
+    """Every event message, oldest first (pages come newest first)."""
     messages, after = [], ""
     while True:
         page = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100{after}", headers=auth).json()
         messages += [e["message"] for e in page["data"]]
         if not page["has_more"]:
-            return messages
+            return messages[::-1]
         after = f"&after={page['data'][-1]['id']}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,11 @@ from sqlalchemy.types import TypeDecorator
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def event_id() -> str:
+    """Opaque event ids (also cursors): nothing to parse, nothing to overflow."""
+    return f"ftevent-{secrets.token_hex(12)}"
 
 
 class UTCDateTime(TypeDecorator):
@@ -78,6 +84,7 @@ class File(Base):
     storage_key: Mapped[str] = mapped_column(String(255))
     validation: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BaseModel(Base):
@@ -114,7 +121,7 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    stop_reason: Mapped[str | None] = mapped_column(String(16), default=None)  # cancel, pause or shutdown
     progress: Mapped[float | None] = mapped_column(Float, default=None)
     seconds_remaining: Mapped[float | None] = mapped_column(Float, default=None)
     trained_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -131,7 +138,8 @@ class Job(Base):
 class JobEvent(Base):
     __tablename__ = "job_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # order, never shown
+    public_id: Mapped[str] = mapped_column(String(64), unique=True, index=True, default=event_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(8), default="info")

@@ -6,14 +6,18 @@ import json
 
 import pytest
 
+from esft.config import DEFAULT_LEARNING_RATE
+from tests.openai_objects import check_openai
 from tests.service_support import assert_error, chat_rows, job_body, jsonl
+
+JOBS = "/v1/fine_tuning/jobs"
 
 
 @pytest.fixture
 def job(client, auth, base_model, training_file) -> dict:
     response = client.post("/v1/fine_tuning/jobs", json=job_body(base_model, training_file), headers=auth)
     assert response.status_code == 200, response.text
-    return response.json()
+    return check_openai(response)
 
 
 def test_create_enqueues_validation(job, queue):
@@ -110,16 +114,30 @@ def test_cancel_then_conflict(client, auth, job):
     assert again.headers["x-should-retry"] == "false"
 
 
-def test_events_pages_and_stream(client, auth, job):
-    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
-    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=1", headers=auth).json()
-    assert events["has_more"] and events["data"][0]["object"] == "fine_tuning.job.event"
-    rest = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?after={events['data'][0]['id']}", headers=auth).json()
-    assert "cancelled" in rest["data"][-1]["message"]
-    with client.stream("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true", headers=auth) as stream:
+def test_events_newest_first_and_the_stream_oldest_first(client, auth, job):
+    client.post(f"{JOBS}/{job['id']}/cancel", headers=auth)
+    latest = check_openai(client.get(f"{JOBS}/{job['id']}/events?limit=1", headers=auth))
+    assert latest["has_more"] and "cancelled" in latest["data"][0]["message"]
+    older = check_openai(client.get(f"{JOBS}/{job['id']}/events?after={latest['last_id']}", headers=auth))
+    assert [e["message"][:7] for e in older["data"]] == ["Created"] and not older["has_more"]
+    with client.stream("GET", f"{JOBS}/{job['id']}/events?stream=true", headers=auth) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         body = "".join(stream.iter_text())
     assert body.count("event: message") == 2 and body.rstrip().endswith("data: [DONE]")
+    assert body.index("Created") < body.index("cancelled")
+    resumed = {**auth, "Last-Event-ID": older["data"][0]["id"]}
+    with client.stream("GET", f"{JOBS}/{job['id']}/events?stream=true", headers=resumed) as stream:
+        body = "".join(stream.iter_text())
+    assert "Created" not in body and "cancelled" in body
+
+
+@pytest.mark.parametrize("cursor", ["ftevent-" + "9" * 30, "ftevent-1", "ftevent--1", "x" * 300, ""])
+def test_event_ids_are_opaque_cursors(client, auth, job, cursor):
+    page = client.get(f"{JOBS}/{job['id']}/events", params={"after": cursor}, headers=auth)
+    assert page.status_code == 200 and page.json()["data"] == []
+    headers = {**auth, "Last-Event-ID": cursor} if cursor else auth
+    if cursor:
+        assert_error(client.get(f"{JOBS}/{job['id']}/events?stream=true", headers=headers), 400, "invalid_cursor")
 
 
 def test_checkpoints_and_artifacts_start_empty(client, auth, job):
@@ -139,3 +157,96 @@ def test_job_on_invalid_file_is_accepted_then_fails_in_validation(client, auth, 
     assert bad["status"] == "error"
     job = client.post("/v1/fine_tuning/jobs", json=job_body(base_model, bad["id"]), headers=auth).json()
     assert job["status"] == "validating_files"
+
+
+# --- jobs as OpenAI users write them ------------------------------------------------------------------------
+
+
+def _create(client, auth, body) -> dict:
+    response = client.post(JOBS, json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    return check_openai(response)
+
+
+def test_supervised_runs_the_default_method_and_is_reported_as_supervised(client, auth, base_model, training_file):
+    hp = {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 2.0}
+    body = {"model": base_model, "training_file": training_file,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}
+    job = _create(client, auth, body)
+    assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    assert job["hyperparameters"] == hp
+    assert _create(client, auth, {**body, "method": {"type": "supervised"}})["hyperparameters"] == {
+        "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+
+
+def test_top_level_hyperparameters_are_openais_older_supervised_form(client, auth, base_model, training_file):
+    body = {"model": base_model, "training_file": training_file, "hyperparameters": {"n_epochs": 3}}
+    job = _create(client, auth, body)
+    assert job["method"]["type"] == "supervised" and job["method"]["supervised"]["hyperparameters"]["n_epochs"] == 3
+    both = {**body, "method": {"type": "supervised"}}
+    assert_error(client.post(JOBS, json=both, headers=auth), 400, param="hyperparameters")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"max_steps": 3}}}},
+         "method.supervised.hyperparameters.max_steps"),
+        ({"method": {"type": "supervised", "esft": {}}}, "method.esft"),
+        ({"method": {"type": "esft", "supervised": {}}}, "method.supervised"),
+        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier"),
+        ({"hyperparameters": {"learning_rate_multiplier": "2"}}, "hyperparameters.learning_rate_multiplier"),
+        ({"hyperparameters": {"learning_rate_multiplier": 1e6}}, "hyperparameters.learning_rate_multiplier"),
+        ({"method": {"type": "esft", "esft": {"hyperparameters": {"learning_rate": 1e-4,
+                                                                   "learning_rate_multiplier": 2.0}}}},
+         "method.esft.hyperparameters.learning_rate_multiplier"),
+        ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
+    ],
+)
+def test_openai_spec_errors_are_400_naming_the_field(client, auth, base_model, training_file, body, param):
+    body = {"model": base_model, "training_file": training_file, **body}
+    assert_error(client.post(JOBS, json=body, headers=auth), 400, param=param)
+
+
+def test_learning_rate_multiplier_resolves_into_the_learning_rate():
+    from api.core.settings import Settings
+    from api.services import job_options
+    from esft.config import DataFacts
+
+    facts, settings = DataFacts(n_examples=40), Settings()
+
+    def resolved(hyperparameters: dict) -> tuple[float, float]:
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+        values = job_options.resolve(job_options.spec_values(method, 0), facts, settings)
+        return values["learning_rate_multiplier"], values["learning_rate"]
+
+    assert resolved({"learning_rate_multiplier": 3.0}) == (3.0, pytest.approx(3 * DEFAULT_LEARNING_RATE))
+    assert resolved({}) == (1.0, DEFAULT_LEARNING_RATE)
+    esft = {"type": "esft", "esft": {"hyperparameters": {"learning_rate": 4 * DEFAULT_LEARNING_RATE}}}
+    values = job_options.resolve(job_options.spec_values(esft, 0), facts, settings)
+    assert values["learning_rate_multiplier"] == pytest.approx(4.0)
+
+
+def test_list_filters_by_metadata(client, auth, base_model, training_file):
+    made = {
+        team: _create(client, auth, {**job_body(base_model, training_file), "metadata": {"team": team, "x": "1"}})
+        for team in ("a", "b")
+    }
+    page = check_openai(client.get(JOBS, params={"metadata[team]": "b", "metadata[x]": "1"}, headers=auth))
+    assert [j["id"] for j in page["data"]] == [made["b"]["id"]]
+    assert client.get(JOBS, params={"metadata[team]": "c"}, headers=auth).json()["data"] == []
+    assert len(client.get(JOBS, headers=auth).json()["data"]) == 2
+
+
+def test_pause_resume_cancel_routes(client, auth, job, queue):
+    paused = check_openai(client.post(f"{JOBS}/{job['id']}/pause", headers=auth))
+    assert paused["status"] == "paused" and paused["queue_position"] is None
+    assert_error(client.post(f"{JOBS}/{job['id']}/pause", headers=auth), 409, "job_not_pausable")
+    resumed = check_openai(client.post(f"{JOBS}/{job['id']}/resume", headers=auth))
+    assert resumed["status"] == "validating_files" and queue.sent[-1][0] == "validate"
+    assert_error(client.post(f"{JOBS}/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+    client.post(f"{JOBS}/{job['id']}/pause", headers=auth)
+    assert check_openai(client.post(f"{JOBS}/{job['id']}/cancel", headers=auth))["status"] == "cancelled"
+    assert_error(client.post(f"{JOBS}/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+    assert_error(client.post(f"{JOBS}/ftjob-nope/pause", headers=auth), 404)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from tests.openai_objects import check_openai
 from tests.service_support import assert_error
 
 
@@ -15,9 +16,9 @@ def test_register_base_model_over_http(client, auth, settings, toy_model_dir, tm
     assert created["details"]["config_hash"].startswith("sha256:")
     again = client.post("/v1/admin/models", json={"id": "toy-1", "path": str(inside)}, headers=auth)
     assert again.status_code == 200  # idempotent for the same directory
-    listed = client.get("/v1/models", headers=auth).json()["data"]
+    listed = check_openai(client.get("/v1/models", headers=auth))["data"]
     assert [m["id"] for m in listed] == ["toy-1"] and listed[0]["owned_by"] == "system"
-    assert client.get("/v1/models/toy-1", headers=auth).json()["id"] == "toy-1"
+    assert check_openai(client.get("/v1/models/toy-1", headers=auth))["id"] == "toy-1"
 
 
 def test_register_rejects_bad_paths_and_ids(client, auth, toy_model_dir, tmp_path):
