@@ -75,16 +75,16 @@ COMPLETIONS: dict[str, Row] = {
     "suffix": ("refused", "no insertion"),
 }
 
-JOBS: dict[str, Row] = {  # today's behaviour; the job side of issue 9 is changing it
+JOBS: dict[str, Row] = {
     "model": ("implemented", "a registered base model"),
     "training_file": ("implemented", "an uploaded JSONL file"),
     "validation_file": ("implemented", "an uploaded JSONL file"),
-    "method": ("implemented", "`type: esft` with the ESFT options"),
+    "method": ("implemented", "`supervised` (the service's ESFT defaults) or `esft` with every ESFT option"),
     "seed": ("implemented", "the run's seed"),
-    "suffix": ("implemented", "part of the adapter's name"),
-    "metadata": ("implemented", "up to 16 string pairs"),
-    "hyperparameters": ("refused", "use `method.esft.hyperparameters`"),
-    "integrations": ("refused", "no integrations"),
+    "suffix": ("implemented", "part of the model name `ft:{base}:{project}:{suffix}:{job}`"),
+    "metadata": ("implemented", "up to 16 string pairs; `GET /v1/fine_tuning/jobs?metadata[k]=v` filters"),
+    "hyperparameters": ("implemented", "the older form of `method.supervised.hyperparameters`"),
+    "integrations": ("refused", "no integrations (an empty list is accepted)"),
 }
 
 EXTENSIONS: dict[str, str] = {"ignore_eos": "vLLM's: generate past the stop tokens up to `max_tokens`"}

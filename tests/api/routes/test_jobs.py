@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from api.schemas import openai_params
 from esft.config import DEFAULT_LEARNING_RATE
 from tests.openai_objects import check_openai
 from tests.service_support import assert_error, chat_rows, job_body, jsonl
@@ -250,3 +251,28 @@ def test_pause_resume_cancel_routes(client, auth, job, queue):
     assert check_openai(client.post(f"{JOBS}/{job['id']}/cancel", headers=auth))["status"] == "cancelled"
     assert_error(client.post(f"{JOBS}/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
     assert_error(client.post(f"{JOBS}/ftjob-nope/pause", headers=auth), 404)
+
+
+JOB_SAMPLES = {  # a value that uses each row of docs/openai-compatibility.md's job table
+    "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+    "seed": 3,
+    "suffix": "row",
+    "metadata": {"team": "a"},
+    "hyperparameters": {"n_epochs": 2, "batch_size": 4},
+    "integrations": [{"type": "wandb", "wandb": {"project": "p"}}],
+}
+
+
+@pytest.mark.parametrize(("name", "status"), [(n, s) for n, (s, _) in openai_params.JOBS.items()])
+def test_every_job_parameter_row_answers_as_the_table_says(client, auth, base_model, training_file, name, status):
+    body = {"model": base_model, "training_file": training_file}
+    if name == "validation_file":
+        body[name] = training_file
+    elif name in JOB_SAMPLES:
+        body[name] = JOB_SAMPLES[name]
+    response = client.post(JOBS, json=body, headers=auth)
+    if status == "refused":
+        assert_error(response, 400, param=name)
+    else:
+        assert response.status_code == 200, response.text
+        check_openai(response)
