@@ -21,8 +21,10 @@ from api.core.db.session import session_scope
 from api.core.migrate import upgrade
 from api.core.queue import CeleryQueue
 from api.core.settings import Settings
+from api.inference.embedded import mount_inference_pool
 from api.main import create_app
 from api.services.registry import add_base_model
+from esft.serving import EngineConfig
 from tests.service_support import LiveServer, toy_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,6 +120,7 @@ def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: 
     with session_scope(settings.database_url) as session:
         add_base_model(session, "toy", str(toy_model_dir), roots=None)
     app = create_app(settings, queue=CeleryQueue(settings), migrate=False)
+    mount_inference_pool(app, EngineConfig(max_new_tokens=16))  # as `esft serve` does: engines load on first use
     with LiveServer(app) as server:
         svc = Service(data_dir, server.url, key, env)
         svc.start_worker()

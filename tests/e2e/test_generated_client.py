@@ -94,6 +94,22 @@ def test_generated_client_runs_a_job(service, generated):
     archive = models_download.sync_detailed(client=client, model=job.fine_tuned_model)
     assert archive.status_code == 200 and archive.content[:2] == b"\x1f\x8b"  # gzip magic
 
+    # The job's events as a server-sent stream (oldest first), through the generated request builder.
+    kwargs = fine_tuning_list_events._get_kwargs(fine_tuning_job_id=job.id, stream=True)
+    with client.get_httpx_client().stream(**kwargs) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    streamed = [json.loads(line) for line in lines if line != "[DONE]"]
+    assert streamed[0]["message"].startswith("Created") and any(e["type"] == "metrics" for e in streamed)
+
+    # The adapter answers at the chat endpoint under its model name.
+    from esft_generated_client.api.inference import inference_create_chat_completion
+    from esft_generated_client.models import ChatCompletionRequest
+
+    ask = {"model": job.fine_tuned_model, "messages": [{"role": "user", "content": "add 1 and 4"}], "max_tokens": 4}
+    reply = inference_create_chat_completion.sync(client=client, body=ChatCompletionRequest.from_dict(ask))
+    assert reply.model == job.fine_tuned_model and reply.choices[0].message.role == "assistant"
+
 
 @pytest.fixture
 def inference_service(tmp_path, toy_model_dir):
