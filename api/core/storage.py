@@ -1,4 +1,4 @@
-"""Blob storage for uploads and artifacts: validated keys (never raw user input), atomic writes, sha256.
+"""Blob storage for uploads and artifacts: validated keys (never raw user input), atomic writes, sha256, archives.
 
 Keys are ``/``-separated server-made names (``files/file-abc``, ``adapters/ftjob-xyz``). Every write goes to a
 temporary sibling first and is renamed into place, so a half-written blob or adapter is never visible.
