@@ -44,6 +44,7 @@ _EXPORTS = {
     "train": "esft.training.loop",
     "TrainResult": "esft.training.loop",
     "ESFTAdapter": "esft.adapters.adapter",
+    "checkpoint_adapter": "esft.adapters.checkpoint",
     "apply_adapter": "esft.adapters.swap",
     "restore": "esft.adapters.swap",
     "applied": "esft.adapters.swap",

@@ -1,4 +1,4 @@
-"""Blob storage for uploads and artifacts: validated keys (never raw user input), atomic writes, sha256.
+"""Blob storage for uploads and artifacts: validated keys (never raw user input), atomic writes, sha256, archives.
 
 Keys are ``/``-separated server-made names (``files/file-abc``, ``adapters/ftjob-xyz``). Every write goes to a
 temporary sibling first and is renamed into place, so a half-written blob or adapter is never visible.
@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -99,3 +100,19 @@ class LocalStorage:
             shutil.rmtree(target, ignore_errors=True)
         else:
             target.unlink(missing_ok=True)
+
+    def archive(self, root: Path, files: list[str], folder: str) -> Path:
+        """Write ``files`` (paths relative to ``root``) as ``folder/...`` into a temporary ``.tar.gz``.
+
+        The caller deletes the returned file (downloads do it once the response is sent).
+        """
+        handle = tempfile.NamedTemporaryFile(dir=self.tmp, suffix=".tar.gz", delete=False)  # noqa: SIM115
+        handle.close()
+        try:
+            with tarfile.open(handle.name, "w:gz") as tar:
+                for rel in files:
+                    tar.add(root / rel, arcname=f"{folder}/{rel}")
+        except BaseException:
+            Path(handle.name).unlink(missing_ok=True)
+            raise
+        return Path(handle.name)

@@ -1,5 +1,5 @@
 """Inference inside the service (``esft serve``): registered base models, registry adapters, API keys, and
-adapters scoped to the caller's project.
+adapters scoped to the caller's project; a job's checkpoint names (``...:ckpt-step-N``) serve as adapters too.
 
 Each request does its bookkeeping once: the API key is checked by the router's dependency (which hands the
 principal on in ``request.state.principal``), the adapter row is read once by ``EnginePool.__call__`` (which
@@ -25,7 +25,8 @@ from api.core.errors import ServiceError, not_found
 from api.core.storage import LocalStorage
 from api.deps import get_principal
 from api.inference.routes import create_inference_router
-from api.services import registry
+from api.services import checkpoints, registry
+from api.services.checkpoints import CheckpointModel
 from esft.constants import ADAPTER_WEIGHTS_NAME
 from esft.serving import Engine, EngineConfig
 
@@ -51,6 +52,7 @@ class EnginePool:
         self.sessions, self.storage, self.config, self.only = sessions, storage, config, only
         self.engines: dict[str, Engine] = {}
         self._adapters: dict[str, Adapter] = {}  # rows as last read by a request, for the engines' resolver
+        self._checkpoints: dict[str, tuple[CheckpointModel, str]] = {}  # name -> (checkpoint, base model path)
         self._lock = threading.Lock()
 
     def __call__(self, request: Request, model: str | None) -> Engine:
@@ -62,12 +64,10 @@ class EnginePool:
         return self.engine(base_id, path)
 
     def _lookup(self, model: str, project_id: str) -> tuple[str, str]:
-        """(base model id, its path) for a base model or an adapter of the caller's project; one read of each row."""
+        """(base model id, its path) for a base model, or an adapter or checkpoint of the caller's project."""
         with self.sessions() as session:
-            adapter = session.get(Adapter, model)
-            if adapter is not None and adapter.project_id != project_id:
-                raise not_found("model", model, param="model")  # as /v1/models/{id}: existence never leaks
-            base = session.get(BaseModel, adapter.base_model if adapter is not None else model)
+            found = self._find(session, model, project_id)
+            base = session.get(BaseModel, model if found is None else found.base_model)
         if base is None:
             raise not_found("model", model, param="model")
         if self.only is not None and base.id != self.only:
@@ -77,9 +77,22 @@ class EnginePool:
                 code="adapter_base_mismatch",
                 param="model",
             )
-        if adapter is not None:
-            self._adapters[model] = adapter
+        if isinstance(found, Adapter):
+            self._adapters[model] = found
+        elif found is not None:
+            checkpoints.available(self.storage, found)
+            self._checkpoints[model] = (found, base.path)
         return base.id, base.path
+
+    @staticmethod
+    def _find(session: Session, model: str, project_id: str) -> Adapter | CheckpointModel | None:
+        """The adapter or checkpoint ``model`` names (one read of its row), None for a base model's name."""
+        if checkpoints.is_checkpoint_name(model):
+            return checkpoints.find(session, project_id, model)  # 404 for another project's, as adapters
+        adapter = session.get(Adapter, model)
+        if adapter is not None and adapter.project_id != project_id:
+            raise not_found("model", model, param="model")  # as /v1/models/{id}: existence never leaks
+        return adapter
 
     def engine(self, base_id: str, path: str) -> Engine:
         """The engine of a base model, loading it once even under concurrent first requests."""
@@ -95,7 +108,11 @@ class EnginePool:
 
         The weights are left to ``ESFTAdapter.from_pretrained``, which checks them against the sha256 in
         ``adapter_config.json``; that config is checked here against the manifest, so each file is hashed once.
+        A checkpoint name -> its adapter folder, converted on first use (``api.services.checkpoints``).
         """
+        if name in self._checkpoints:
+            ckpt, model_dir = self._checkpoints[name]
+            return checkpoints.adapter_dir(self.storage, ckpt, model_dir)
         row = self._adapters.get(name)
         return None if row is None else registry.verify(self.storage, row, skip=(ADAPTER_WEIGHTS_NAME,))
 

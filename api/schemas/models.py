@@ -1,4 +1,4 @@
-"""Models: registered base models and the ESFT adapters trained on them (adapters carry ``parent``)."""
+"""Models: registered base models, the ESFT adapters trained on them and their jobs' checkpoints (``parent``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    kind: Literal["base", "adapter"]
-    parent: str | None = Field(default=None, description="the base model of an adapter")
+    kind: Literal["base", "adapter", "checkpoint"]
+    parent: str | None = Field(default=None, description="the base model of an adapter or checkpoint")
     fine_tuning_job: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 

@@ -1,4 +1,5 @@
 """The model registry: base models (registered by server path, with identity) and immutable ESFT adapters.
+Names of a job's checkpoints (``api.services.checkpoints``) are looked up here too, so ``/v1/models/{id}`` serves them.
 
 Adapters are copied into storage under a staging name and renamed into place, then recorded with a sha256
 manifest; a half-written adapter is never visible and every download re-checks the hashes.
@@ -6,8 +7,6 @@ manifest; a half-written adapter is never visible and every download re-checks t
 
 from __future__ import annotations
 
-import tarfile
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from api.core.db.models import Adapter, BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.storage import LocalStorage
 from api.schemas.models import ModelObject
+from api.services import checkpoints
+from api.services.checkpoints import CheckpointModel
 from api.services.common import unix
 from esft.errors import ESFTError
 from esft.io import sha256_file
@@ -110,7 +111,10 @@ def list_models(session: Session, project_id: str) -> list[ModelObject]:
     return [base_public(b) for b in bases] + [adapter_public(a) for a in adapters]
 
 
-def get_model(session: Session, project_id: str, model_id: str) -> BaseModel | Adapter:
+def get_model(session: Session, project_id: str, model_id: str) -> BaseModel | Adapter | CheckpointModel:
+    """A base model, one of the project's adapters, or one of its jobs' checkpoints (``...:ckpt-step-N``)."""
+    if checkpoints.is_checkpoint_name(model_id):
+        return checkpoints.find(session, project_id, model_id)
     base = session.get(BaseModel, model_id)
     if base is not None:
         return base
@@ -122,6 +126,10 @@ def get_model(session: Session, project_id: str, model_id: str) -> BaseModel | A
 
 def delete_model(session: Session, storage: LocalStorage, project_id: str, model_id: str, *, is_admin: bool) -> None:
     row = get_model(session, project_id, model_id)
+    if isinstance(row, CheckpointModel):
+        raise ServiceError(
+            400, "A checkpoint is not deleted on its own; it goes with its job.", code="not_deletable", param="model"
+        )
     if isinstance(row, BaseModel):
         if not is_admin:
             raise ServiceError(
@@ -162,14 +170,7 @@ def verify(storage: LocalStorage, adapter: Adapter, *, skip: Collection[str] = (
 
 def archive(storage: LocalStorage, adapter: Adapter) -> Path:
     """Write a verified ``.tar.gz`` of the adapter to a temporary file (the caller deletes it)."""
-    root = verify(storage, adapter)
-    handle = tempfile.NamedTemporaryFile(dir=storage.tmp, suffix=".tar.gz", delete=False)  # noqa: SIM115
-    handle.close()
-    folder = adapter.id.replace(":", "_")
-    with tarfile.open(handle.name, "w:gz") as tar:
-        for rel in adapter.manifest:
-            tar.add(root / rel, arcname=f"{folder}/{rel}")
-    return Path(handle.name)
+    return storage.archive(verify(storage, adapter), list(adapter.manifest), adapter.id.replace(":", "_"))
 
 
 def base_public(row: BaseModel) -> ModelObject:
@@ -194,5 +195,7 @@ def adapter_public(row: Adapter) -> ModelObject:
     )
 
 
-def public(row: BaseModel | Adapter) -> ModelObject:
+def public(row: BaseModel | Adapter | CheckpointModel) -> ModelObject:
+    if isinstance(row, CheckpointModel):
+        return checkpoints.public(row)
     return base_public(row) if isinstance(row, BaseModel) else adapter_public(row)

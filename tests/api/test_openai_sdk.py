@@ -112,6 +112,8 @@ def test_acceptance_files_jobs_models_through_the_sdk(inline):
     checkpoints = strict(jobs.checkpoints.list, job.id).data
     assert [c.step_number for c in checkpoints] == [4, 2]
     assert checkpoints[0].fine_tuned_model_checkpoint.startswith(done.fine_tuned_model)
+    ckpt_model = strict(models.with_raw_response.retrieve, checkpoints[1].fine_tuned_model_checkpoint)
+    assert ckpt_model.owned_by == done.organization_id and ckpt_model.id.endswith(":ckpt-step-2")
 
     listed = strict(models.with_raw_response.list).data
     assert {m.id for m in listed} == {"toy", done.fine_tuned_model}
