@@ -82,9 +82,10 @@ NO_TOY_MODEL: dict[str, str] = {
 # Families whose packed rows (``esft.data.batching.collate_packed``) give exactly the per-sample logits, as the
 # per-family test (tests/esft/data/test_packing.py) proves; training packs batches only for these. The others
 # let packed samples see each other: gpt_oss (its forward does not pass position_ids to the mask), afmoe,
-# deepseek_v4, gemma4_text, zaya and the hybrid/recurrent families (bailing_hybrid, granitemoehybrid, jamba,
+# deepseek_v4, zaya and the hybrid/recurrent families (bailing_hybrid, granitemoehybrid, jamba,
 # kimi_linear, lfm2_moe, minimax, nemotron_h, qwen3_next, qwen3_5_moe_text, qwen4_exp_text, the inkling
-# texts): recurrent state or their own masks run across sample boundaries.
+# texts): recurrent state or their own masks run across sample boundaries; gemma4_text differs by 2e-5 (more
+# than float reassociation, less than a leak) and stays padded.
 # fmt: off
 PACKING_EXACT: frozenset[str] = frozenset({
     "aria_text", "axk1", "axk2", "beam", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1",

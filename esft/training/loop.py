@@ -201,17 +201,18 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
     over micro-batches and ranks gives exactly the gradient of one big batch.
     """
     samples = [[train_data[i] for i in idx] for idx in window]
-    batches = [collate_packed(b) if run.pack else collate(b, pad_id) for b in samples]
+    batches = [collate_packed(b, pad_id) if run.pack else collate(b, pad_id) for b in samples]
     if run.pack:
-        run.padding_saved += sum(padding_tokens(b) for b in samples)
+        run.padding_saved += sum(padding_tokens(b) - padding_tokens(b, packed=True) for b in samples)
     n_targets = max(1, sum(n_loss_tokens(b) for b in batches))
     loss_total, tokens = 0.0, 0
-    for batch in shard(batches):
+    sizes = [sum(len(ex.input_ids) for ex in batch_samples) for batch_samples in samples]  # real tokens
+    for batch, n_tokens in shard(list(zip(batches, sizes, strict=True))):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         loss = answer_loss(run.prepared.model, batch, reduction="sum") / n_targets
         loss.backward()
         loss_total += float(loss.detach())
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        tokens += n_tokens
     all_reduce_grads(run.masters.model_params.values())
     loss_total, tokens = all_reduce_sum(loss_total, tokens)
     return loss_total, int(tokens)
