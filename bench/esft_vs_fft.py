@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 
-def build(args):
+def build(args, dtype: torch.dtype = torch.float32):
     """The benchmark model (DeepSeek-V2 family) and fixed random batches, identical in every mode."""
     from transformers import AutoModelForCausalLM
 
@@ -33,7 +33,7 @@ def build(args):
                         hidden=args.hidden, vocab_size=args.vocab, shared_experts=2,
                         moe_intermediate_size=args.expert_size, intermediate_size=4 * args.hidden)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # built in its dtype: peak RSS is that dtype's
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=g) for _ in range(args.steps + 2)]
     return model, batches
@@ -85,11 +85,14 @@ def run_train(args, mode: str) -> dict:
     from esft.methods.esft import get_esft_model
     from esft.training.optim import MasterWeights, build_optimizer, state_bytes
 
-    model, batches = build(args)
+    mode, *options = mode.split("+")  # options: ckpt (activation checkpointing), bf16 (bf16 weights, fp32 masters)
+    model, batches = build(args, torch.bfloat16 if "bf16" in options else torch.float32)
     total = sum(p.numel() for p in model.parameters())
+    if "ckpt" in options:
+        model.train().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if mode == "fft":
-        params = dict(model.named_parameters())
-        masters = None
+        masters = MasterWeights(dict(model.named_parameters())) if "bf16" in options else None
+        params = masters.masters if masters else dict(model.named_parameters())
     else:
         kernel = "split" if mode == "esft_split" else "auto"
         prepared = get_esft_model(model, ExpertConfig.load(args.expert_config), experts_kernel=kernel)
@@ -161,7 +164,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating ESFT/FFT rounds (each gives a ratio)")
     parser.add_argument("--with-split", action="store_true", help="also time ESFT with the two-module split")
     parser.add_argument("--small", action="store_true", help="tiny smoke configuration")
-    parser.add_argument("--mode", choices=["score", "esft", "esft_split", "fft"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true",
+                        help="peak RSS and step time of ESFT and FFT with activation checkpointing and bf16 weights")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--expert-config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.small:
@@ -173,6 +178,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     argv = [a for a in sys.argv[1:]]
+    if args.memory:
+        print(json.dumps(memory_options(args, argv), indent=2))
+        return
     arms = ["esft", "fft"] + (["esft_split"] if args.with_split else [])
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,6 +215,29 @@ def main() -> None:
         "scoring": score,
     }
     print(json.dumps(result, indent=2))
+
+
+def memory_options(args, argv: list[str]) -> dict:
+    """Each method plain, with activation checkpointing and with bf16 weights: peak RSS and step time, and their
+    ratios to the plain run (peak RSS is deterministic; the step times alternate over ``--rounds``)."""
+    arms = [f"{method}{option}" for method in ("esft", "fft") for option in ("", "+ckpt", "+bf16")]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [*argv, "--expert-config", str(Path(tmp) / "experts.json")]
+        _subprocess("score", argv)
+        rounds = [{arm: _subprocess(arm, argv) for arm in arms} for _ in range(args.rounds)]
+    load_after = os.getloadavg()
+    out = {"load_average_before_after": [load_before, load_after],
+           "inconclusive": max(load_before[0], load_after[0]) > (os.cpu_count() or 1)}
+    for arm in arms:
+        plain = arm.split("+")[0]
+        out[arm] = {
+            "peak_rss_mb": rounds[0][arm]["peak_rss_mb"],
+            "median_step_s": statistics.median(r[arm]["median_step_s"] for r in rounds),
+            "peak_rss_over_plain": rounds[0][arm]["peak_rss_mb"] / rounds[0][plain]["peak_rss_mb"],
+            "step_time_over_plain": _summary([r[arm]["median_step_s"] / r[plain]["median_step_s"] for r in rounds]),
+        }
+    return out
 
 
 def _summary(values: list[float]) -> dict[str, float]:
