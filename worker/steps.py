@@ -19,7 +19,8 @@ from api.core.storage import LocalStorage
 from api.services import job_options
 from esft.config import DataFacts, ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, CHECKPOINTS_DIR
-from esft.data.formats import LineLimits, validate_jsonl
+from esft.data.formats import LineLimits
+from esft.data.validation import validate_jsonl
 from esft.errors import ESFTError
 from esft.io import sha256_file, write_json_atomic
 from worker.evaluation import evaluate

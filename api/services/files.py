@@ -24,7 +24,8 @@ from api.core.settings import Settings
 from api.core.storage import LocalStorage, TooLarge
 from api.schemas.files import FileObject, ValidationReport
 from api.services.common import new_id, page_by_created, unix
-from esft.data.formats import LineLimits, validate_jsonl
+from esft.data.formats import LineLimits
+from esft.data.validation import validate_jsonl
 
 PURPOSES = ("fine-tune",)
 EXPIRY_BOUNDS_S = (3600, 30 * 24 * 3600)  # OpenAI's: one hour to thirty days after created_at

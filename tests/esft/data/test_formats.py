@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from esft.data.formats import (
-    Example,
-    ValidationReport,
-    example_text,
-    iter_examples,
-    parse_example,
-    read_examples,
-    validate_jsonl,
-)
+from esft.data.formats import Example, example_text, iter_examples, parse_example, read_examples
+from esft.data.validation import ValidationReport, validate_jsonl
 from esft.errors import ConfigError, DataFormatError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
