@@ -10,7 +10,6 @@ torch, lazily, and only the first time a checkpoint is used.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from api.services.common import unix
 from api.services.jobs import adapter_name
 from esft.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CHECKPOINTS_DIR
 from esft.errors import ESFTError
-from esft.io import sha256_file
 
 NAME = re.compile(r"^(?P<adapter>.+):ckpt-step-(?P<step>[0-9]{1,9})$")
 CACHE_DIR = "checkpoint_adapters"
@@ -115,11 +113,13 @@ def adapter_dir(storage: LocalStorage, ckpt: CheckpointModel, model_dir: str | P
 
 def archive(storage: LocalStorage, ckpt: CheckpointModel, model_dir: str | Path) -> Path:
     """A ``.tar.gz`` of the checkpoint's adapter (weights re-checked against ``adapter_config.json`` first)."""
+    from esft.adapters.adapter import check_weights  # torch: only here, as for the conversion
+
     root = adapter_dir(storage, ckpt, model_dir)
-    config = json.loads((root / ADAPTER_CONFIG_NAME).read_text())
-    expected = config.get("weights", {}).get(ADAPTER_WEIGHTS_NAME, {}).get("sha256")
-    if expected != sha256_file(root / ADAPTER_WEIGHTS_NAME):
-        raise ServiceError(500, f"Adapter {ckpt.name} failed its integrity check.", code="adapter_corrupted")
+    try:
+        check_weights(root)
+    except ESFTError:
+        raise ServiceError(500, f"Adapter {ckpt.name} failed its integrity check.", code="adapter_corrupted") from None
     return storage.archive(root, [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME], ckpt.name.replace(":", "_"))
 
 

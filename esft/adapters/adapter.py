@@ -89,10 +89,19 @@ class ESFTAdapter:
             raise ConfigError(f"{path} is not an ESFT adapter (needs {ADAPTER_CONFIG_NAME} and "
                               f"{ADAPTER_WEIGHTS_NAME})", param="adapter")
         config = json.loads(config_path.read_text())
-        expected = config.get("weights", {}).get(ADAPTER_WEIGHTS_NAME, {}).get("sha256")
-        if verify and expected and sha256_file(weights_path) != expected:
-            raise AdapterMismatchError(f"{weights_path} does not match the sha256 in {ADAPTER_CONFIG_NAME}; "
-                                       "the adapter is corrupt or was modified", param="adapter")
+        if verify:
+            check_weights(path, config)
         tensors = load_file(str(weights_path))
         rows = {k: int(v) for k, v in config.get("row_tensors", {}).items()}
         return cls(ExpertConfig.from_dict(config), tensors, rows, config.get("training", {}))
+
+
+def check_weights(directory: str | Path, config: dict[str, Any] | None = None) -> None:
+    """Raise ``AdapterMismatchError`` unless the weights match the sha256 their ``adapter_config.json`` names."""
+    directory = Path(directory)
+    config = config if config is not None else json.loads((directory / ADAPTER_CONFIG_NAME).read_text())
+    expected = config.get("weights", {}).get(ADAPTER_WEIGHTS_NAME, {}).get("sha256")
+    weights_path = directory / ADAPTER_WEIGHTS_NAME
+    if expected and sha256_file(weights_path) != expected:
+        raise AdapterMismatchError(f"{weights_path} does not match the sha256 in {ADAPTER_CONFIG_NAME}; "
+                                   "the adapter is corrupt or was modified", param="adapter")
