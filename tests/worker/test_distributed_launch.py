@@ -8,10 +8,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.worker.process_groups import live_members
 from worker.distributed_launch import LaunchFailed, ProcessTree, device_env
 
 # An "agent" that starts a "rank" in a session of its own (as torchrun does) and waits; the rank ignores
@@ -29,20 +29,6 @@ AGENT = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-
-def live_members(pgid: int) -> list[int]:
-    """Pids of the processes in group ``pgid``, from ``/proc/*/stat`` (zombies left out: an orphan is reaped
-    by init, whose diligence varies between containers)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(group) == pgid and state != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 def test_stop_leaves_no_process_of_the_run(tmp_path):
