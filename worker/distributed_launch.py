@@ -63,6 +63,25 @@ class Launch:
     out_dir: Path
 
 
+# Run a Python module with PR_SET_PDEATHSIG (Linux): when the step's process dies without stopping the run (its
+# worker was SIGKILLed), the agent gets SIGTERM and stops its ranks as on a cancel, so a run never outlives the
+# process that holds its job's lease (the reaper gives the job to another worker, which resumes it).
+_ORPHAN_GUARD = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("esft: the launching process is gone")
+os.execv(sys.executable, [sys.executable, "-m", *sys.argv[2:]])
+"""
+
+
+def guarded(module: str, *args: str) -> list[str]:
+    """The command ``python -m module args...``, ended by SIGTERM when this process dies (on Linux)."""
+    if not sys.platform.startswith("linux"):
+        return [sys.executable, "-m", module, *args]
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), module, *args]
+
+
 def device_env(nproc: int) -> dict[str, str]:
     """``CUDA_VISIBLE_DEVICES`` for the run: this worker's first ``nproc`` GPUs, or none (gloo ranks on CPU).
 
@@ -94,12 +113,12 @@ def train_launch(
 ) -> Launch:
     """The ``esft train`` run under torchrun for a job; progress and the run's output go next to ``out_dir``."""
     progress_path, log_path = out_dir.parent / PROGRESS_FILE, out_dir.parent / LAUNCH_LOG
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    command = guarded(
+        "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
         "-m", "esft.cli", "train",
         "--model", str(model_dir), "--data", str(training_path), "--expert-config", str(expert_config),
         "--out", str(out_dir), "--progress-jsonl", str(progress_path), *cli_args(config),
-    ]  # fmt: skip
+    )  # fmt: skip
     if validation_path is not None:
         command += ["--validation-file", str(validation_path)]
     if resume:
