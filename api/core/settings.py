@@ -63,7 +63,17 @@ class Settings(BaseSettings):
     event_throttle_s: float = Field(default=1.0, description="at most one metrics event per this many seconds")
     eval_max_examples: int = Field(default=32, description="examples the evaluate step generates answers for")
     eval_max_new_tokens: int = Field(default=32, description="longest answer generated during evaluation")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N for this worker")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or cuda:N,M,... for this worker")
+    max_gpus_per_job: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="most devices one job may ask for (resources.gpus): the devices of this deployment's largest "
+        "worker; on CPU workers, the training processes one job may start",
+    )
+    stop_grace_s: float = Field(
+        default=60.0, description="a multi-process job gets this long to checkpoint after SIGTERM, then SIGKILL"
+    )
     parent_pid: int | None = Field(default=None, description="embedded worker: shut down when this process dies")
 
     def option_limits(self) -> dict[str, int]:

@@ -13,7 +13,16 @@ from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
-from api.schemas.jobs import ESFTParams, JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams
+from api.schemas.jobs import (
+    ESFTParams,
+    JobCreate,
+    JobError,
+    JobObject,
+    JobProgress,
+    Method,
+    Resources,
+    SupervisedParams,
+)
 from api.services import files, job_options
 from api.services.common import new_id, page_by_created, unix
 
@@ -49,6 +58,16 @@ def job_method(body: JobCreate) -> dict[str, Any]:
     return {"type": method.type, method.type: params.model_dump(mode="json")}
 
 
+def job_resources(body: JobCreate, settings: Settings) -> dict[str, Any]:
+    """The stored ``resources``: checked against the devices this deployment's workers declare."""
+    resources = body.resources or Resources()
+    limit = settings.max_gpus_per_job
+    if resources.gpus > limit:
+        raise _refuse(f"`resources.gpus` is {resources.gpus}, but no worker of this service has more than {limit} "
+                      f"device(s) for one job; ask for at most {limit}.", "resources.gpus", "insufficient_devices")
+    return resources.model_dump()
+
+
 def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
     if session.get(BaseModel, body.model) is None:
         raise ServiceError(
@@ -71,6 +90,7 @@ def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
 def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
     """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
     method = job_method(body)
+    resources = job_resources(body, settings)
     _check_inputs(session, project_id, body)
     job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
     job = Job(
@@ -84,6 +104,7 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         suffix=body.suffix,
         metadata_=body.metadata,
+        resources=resources,
         status="validating_files",
         step="validate",
     )
@@ -219,5 +240,6 @@ def to_public(session: Session, job: Job) -> JobObject:
         seed=job.seed,
         suffix=job.suffix,
         metadata=job.metadata_,
+        resources=Resources(**(job.resources or {})),
     )
     return JobObject(**data)

@@ -112,6 +112,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {"gpus": N}; None: one device
     status: Mapped[str] = mapped_column(String(32), index=True)
     phase: Mapped[str | None] = mapped_column(String(32), default=None)
     step: Mapped[str] = mapped_column(String(32), default="validate")
