@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from api.core.db.session import session_factory
 from api.core.queue import CeleryQueue, Queue
+from api.core.ratelimit import buckets_for
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.deps import get_principal
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.session_factory = session_factory(settings.database_url)
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
+    app.state.rate_buckets = buckets_for(settings.shared_redis_url)
     app.state.shutdown_hooks = []
     for module in (files, jobs, models, admin, health):
         app.include_router(module.router)
