@@ -22,12 +22,13 @@ from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.operations import TAG as INFERENCE_TAG
 from api.inference.operations import DocumentOnly, inference_router
 from api.limits import BodyLimitMiddleware
-from api.routes import admin, files, health, jobs, models
+from api.routes import admin, files, health, jobs, keys, models
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
     {"name": "fine_tuning", "description": "ESFT jobs, their events, checkpoints and artifacts."},
     {"name": "models", "description": "Base models and trained ESFT adapters."},
+    {"name": "keys", "description": "API keys: list and revoke (admin keys: every project)."},
     {"name": "admin", "description": "Operator actions (admin key)."},
     {"name": "health", "description": "Probes; no API key needed."},
     INFERENCE_TAG,
@@ -114,7 +115,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.queue = queue or CeleryQueue(settings)
     app.state.rate_buckets = buckets_for(settings.shared_redis_url)
     app.state.shutdown_hooks = []
-    for module in (files, jobs, models, admin, health):
+    for module in (files, jobs, models, keys, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(

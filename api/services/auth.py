@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from api.core.db.models import ApiKey, Project
 from api.core.errors import ServiceError, not_found
-from api.services.common import new_id
+from api.schemas.keys import ApiKeyObject
+from api.services.common import new_id, unix
 
 KEY_PREFIX = "sk-esft-"
 
@@ -81,6 +82,20 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     key, project_limits = row
     overrides = {**(project_limits or {}), **(key.limits or {})}
     return Principal(project_id=key.project_id, key_id=key.id, is_admin=key.is_admin, overrides=overrides)
+
+
+def to_public(key: ApiKey, project: str) -> ApiKeyObject:
+    return ApiKeyObject(
+        id=key.id,
+        name=key.name,
+        redacted_value=f"{key.prefix}...",
+        project_id=key.project_id,
+        project=project,
+        is_admin=key.is_admin,
+        created_at=unix(key.created_at),
+        revoked_at=unix(key.revoked_at),
+        limits=key.limits,
+    )
 
 
 def list_keys(session: Session, project_id: str | None = None) -> list[tuple[ApiKey, str]]:
