@@ -105,11 +105,13 @@ def serve(
     """Run the API and a worker on this machine: SQLite, filesystem broker, local storage, CPU or GPU."""
     import uvicorn
 
+    from api.core.logs import configure_logging
     from api.core.migrate import upgrade
     from api.core.queue import ensure_broker_dirs
     from api.main import create_app
 
     settings = _settings(data_dir)
+    configure_logging(settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     ensure_broker_dirs(settings)
@@ -130,7 +132,8 @@ def serve(
             from api.inference.embedded import mount_inference_pool
 
             mount_inference_pool(app)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # Our handler (JSON lines) for uvicorn's loggers too; the access log is ours, with the request id.
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, access_log=False)
     finally:
         if process is not None:
             stop_process(process)

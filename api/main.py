@@ -22,6 +22,8 @@ from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.operations import TAG as INFERENCE_TAG
 from api.inference.operations import DocumentOnly, inference_router
 from api.limits import BodyLimitMiddleware
+from api.metrics import mount_metrics
+from api.observe import ObserveMiddleware
 from api.routes import admin, files, health, jobs, keys, models
 
 TAGS = [
@@ -125,5 +127,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
         upload_paths=("/v1/files",),
     )
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(ObserveMiddleware)  # outermost: every response gets its request id, logged and timed
+    mount_metrics(app, app.state.session_factory)
     app.openapi = _custom_openapi(app)
     return app
