@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -72,10 +74,10 @@ class Settings(BaseSettings):
     quota_pinned_bytes: int = Field(
         default=1024**3, ge=0, description="bytes of a project's adapters that may be pinned in the inference cache"
     )
-    outbound_url_allowlist: list[str] = Field(
+    outbound_url_allowlist: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="URL prefixes or host names the service may call for users (LLM judges, webhooks); "
-        "empty: none",
+        description="URL prefixes or host names the service may call for users (LLM judges, webhooks), "
+        "comma-separated in the environment; empty: none",
     )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json: one object per log line")
 
@@ -90,6 +92,15 @@ class Settings(BaseSettings):
     eval_max_new_tokens: int = Field(default=32, description="longest answer generated during evaluation")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N for this worker")
     parent_pid: int | None = Field(default=None, description="embedded worker: shut down when this process dies")
+
+    @field_validator("outbound_url_allowlist", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``a.internal,https://b/v1`` or a JSON list, from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        return value
 
     def default_limits(self) -> dict[str, float]:
         """Limit name (as stored in the database overrides) -> this deployment's default."""

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.core import runs
+from api.core import job_secrets, runs
 from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
@@ -46,7 +46,7 @@ def job_method(body: JobCreate) -> dict[str, Any]:
         raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
                       f"{other!r} or leave it out.", f"method.{other}")
     params = getattr(method, method.type) or (ESFTParams() if method.type == "esft" else SupervisedParams())
-    return {"type": method.type, method.type: params.model_dump(mode="json")}
+    return {"type": method.type, method.type: job_secrets.split(params)[0]}  # secrets are never stored
 
 
 def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
@@ -72,6 +72,7 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
     """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
     method = job_method(body)
     _check_inputs(session, project_id, body)
+    _, sent_secrets = job_secrets.split(body)
     job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
     job = Job(
         id=new_id("ftjob"),
@@ -88,6 +89,7 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
         step="validate",
     )
     session.add(job)
+    job_secrets.save(settings, job.id, sent_secrets)  # before the first step is dispatched
     runs.add_event(session, job.id, f"Created fine-tuning job {job.id} on {job.model}.")
     session.flush()
     runs.dispatch(session, job, "validate", queue)
