@@ -258,13 +258,13 @@ def keys_revoke(
 
 def limits_set(
     values: Annotated[list[str], typer.Argument(help="name=value pairs (value 'default' drops the override).")],
-    project: Annotated[str | None, typer.Option(help="Set for this project (by name).")] = None,
+    project: Annotated[str | None, typer.Option(help="Set for this project (its name or id).")] = None,
     key: Annotated[str | None, typer.Option(help="Set for this key (id or first characters); wins over the project.")]
     = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Override rate limits and quotas: requests_per_second, burst, concurrent_devices, stored_bytes, pinned_bytes."""
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
 
     from api.core.db.models import Project
     from api.core.errors import ServiceError
@@ -284,7 +284,7 @@ def limits_set(
             if key is not None:
                 target = auth.find_key(session, key)
             else:
-                target = session.scalar(select(Project).where(Project.name == project))
+                target = session.scalar(select(Project).where(or_(Project.name == project, Project.id == project)))
                 if target is None:
                     raise ServiceError(404, f"No project named {project!r}.", code="project_not_found")
             typer.echo(json.dumps(auth.set_limits(target, parsed)))

@@ -45,6 +45,10 @@ def check_rate(buckets: Buckets, settings: Settings, principal: Principal) -> No
         )
 
 
+def _n(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:g}"
+
+
 def _check(principal: Principal, settings: Settings, name: str, used: float, adding: float, what: str) -> None:
     quota = principal.limit(settings.default_limits(), name)
     if quota <= 0 or used + adding <= quota:
@@ -52,12 +56,12 @@ def _check(principal: Principal, settings: Settings, name: str, used: float, add
     how = _RAISE.format(project=principal.project_id, name=name)
     if adding > quota:
         raise ServiceError(
-            400, f"{what} ({adding:g}) is over the project's {name} quota of {quota:g} on its own; {how}.",
-            code="quota_exceeded", param=None,
+            400, f"{what} ({_n(adding)}) is over the project's {name} quota of {_n(quota)} on its own; {how}.",
+            code="quota_exceeded",
         )  # fmt: skip
     raise ServiceError(
-        429, f"Quota {name} exceeded: the project uses {used:g} of {quota:g} and {what} needs {adding:g} more; "
-        f"wait for jobs to finish or delete files or models, or {how}.",
+        429, f"Quota {name} exceeded: the project uses {_n(used)} of {_n(quota)} and {what} needs {_n(adding)} "
+        f"more; wait for jobs to finish, unpin adapters or delete files or models, or {how}.",
         code="quota_exceeded", type="insufficient_quota",
     )  # fmt: skip
 

@@ -63,7 +63,12 @@ def test_limits_set_per_project_and_key(client, settings, monkeypatch):
         assert authenticate(session, headers["Authorization"]).overrides == {"stored_bytes": 1000, "burst": 9}
     _cli("limits", "set", "--key", headers["Authorization"][7:19], "burst=default", data_dir=settings.data_dir)
     with session_scope(settings.database_url) as session:
-        assert authenticate(session, headers["Authorization"]).overrides == {"stored_bytes": 1000, "burst": 7}
+        principal = authenticate(session, headers["Authorization"])
+    assert principal.overrides == {"stored_bytes": 1000, "burst": 7}
+    # by id, as the 429 messages name it
+    _cli("limits", "set", "--project", principal.project_id, "pinned_bytes=5", data_dir=settings.data_dir)
+    with session_scope(settings.database_url) as session:
+        assert authenticate(session, headers["Authorization"]).overrides["pinned_bytes"] == 5
     app = typer.Typer()
     register(app)
     args = ["limits", "set", "--project", "alpha", "gpus=2", "--data-dir", str(settings.data_dir)]
