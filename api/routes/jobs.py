@@ -30,6 +30,7 @@ def create_job(
     principal: PrincipalDep, session: SessionDep, queue: QueueDep, settings: SettingsDep, body: JobCreate
 ) -> JobObject:
     quotas.check_devices(session, settings, principal, quotas.devices_of(body))
+    quotas.check_storage(session, settings, principal, 1, stored=False, what="the job's model")  # room left?
     job = jobs.create(session, queue, settings, principal.project_id, body)
     return jobs.to_public(session, job)
 

@@ -91,10 +91,15 @@ def stored_bytes(session: Session, project_id: str) -> int:
     return int(files) + int(models)
 
 
-def check_storage(session: Session, settings: Settings, principal: Principal, adding: int, *, stored: bool) -> None:
-    """``adding`` bytes fit the project's stored-bytes quota (``stored``: they are already counted in the total)."""
+def check_storage(
+    session: Session, settings: Settings, principal: Principal, adding: int, *, stored: bool, what: str = "this upload"
+) -> None:
+    """``adding`` bytes fit the project's stored-bytes quota (``stored``: they are already counted in the total).
+
+    A job's model is not known before it is trained: a job may start while the project has room left.
+    """
     used = stored_bytes(session, principal.project_id) - (adding if stored else 0)
-    _check(principal, settings, "stored_bytes", used, adding, "this upload")
+    _check(principal, settings, "stored_bytes", used, adding, what)
 
 
 def check_pinned(settings: Settings, principal: Principal, pinned: int, adding: int) -> None:

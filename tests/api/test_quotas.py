@@ -37,7 +37,7 @@ def test_devices_count_resources_gpus():
     assert devices_of(SimpleNamespace(resources=None)) == devices_of(SimpleNamespace()) == 1
 
 
-def test_stored_bytes_quota(client, settings, auth, upload):
+def test_stored_bytes_quota(client, settings, auth, upload, base_model):
     content = jsonl(chat_rows())
     _limit(client, settings, quota_stored_bytes=int(len(content) * 1.5))
     assert upload(content).status_code == 200
@@ -46,6 +46,10 @@ def test_stored_bytes_quota(client, settings, auth, upload):
     assert len(client.get("/v1/files", headers=auth).json()["data"]) == 1  # the refused upload is gone
     assert len(list((settings.data_dir / "files").iterdir())) == 1
     assert_error(upload(jsonl(chat_rows(40))), 400, "quota_exceeded")  # over the quota on its own
+    training_file = client.get("/v1/files", headers=auth).json()["data"][0]["id"]
+    _limit(client, settings, quota_stored_bytes=len(content))  # full: no room for a job's model either
+    job = client.post("/v1/fine_tuning/jobs", json=job_body(base_model, training_file), headers=auth)
+    assert "stored_bytes" in assert_error(job, 429, "quota_exceeded")["message"]
     with session_scope(settings.database_url) as session:
         set_limits(session.query(Project).filter_by(name="alpha").one(), {"stored_bytes": 10 * len(content)})
     assert upload(content).status_code == 200
