@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.core import runs
+from api.core import job_secrets, runs
 from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
@@ -55,7 +55,7 @@ def job_method(body: JobCreate) -> dict[str, Any]:
         raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
                       f"{other!r} or leave it out.", f"method.{other}")
     params = getattr(method, method.type) or (ESFTParams() if method.type == "esft" else SupervisedParams())
-    return {"type": method.type, method.type: params.model_dump(mode="json")}
+    return {"type": method.type, method.type: job_secrets.split(params)[0]}  # secrets are never stored
 
 
 def job_resources(body: JobCreate, settings: Settings) -> dict[str, Any]:
@@ -92,6 +92,7 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
     method = job_method(body)
     resources = job_resources(body, settings)
     _check_inputs(session, project_id, body)
+    _, sent_secrets = job_secrets.split(body)
     job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
     job = Job(
         id=new_id("ftjob"),
@@ -109,6 +110,7 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
         step="validate",
     )
     session.add(job)
+    job_secrets.save(settings, job.id, sent_secrets)  # before the first step is dispatched
     runs.add_event(session, job.id, f"Created fine-tuning job {job.id} on {job.model}.")
     session.flush()
     runs.dispatch(session, job, "validate", queue)
