@@ -9,6 +9,7 @@ from esft.serving.errors import (
     CacheFullError,
     EngineClosedError,
     RequestCancelled,
+    RequestTimeout,
     ServingError,
     UnknownModelError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "GrammarUnsupportedError",
     "RequestCancelled",
     "RequestHandle",
+    "RequestTimeout",
     "Resolver",
     "SamplingParams",
     "ServingError",
