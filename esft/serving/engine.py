@@ -364,11 +364,7 @@ class Engine:
             self._restore_swap()  # lazily: kept while the next request wants the same adapter
         cohort = self._admit()
         if cohort:
-            try:
-                self.batch.add(cohort)
-            except Exception as exc:  # noqa: BLE001 - any forward failure fails this cohort, not the engine
-                log.exception("prefill failed")
-                self._fail_cohort(cohort, exc)
+            self._prefill(cohort)
         elif len(self.batch):
             try:
                 self.batch.step()
@@ -384,6 +380,20 @@ class Engine:
                 self._waiting.remove(pending)
         for pending, error in stopped:
             pending.handle.fail(error)
+
+    def _prefill(self, cohort: list[Row]) -> None:
+        """Join ``cohort`` to the batch. If its forward fails before any row joined, each row is retried
+        alone, so only the request that breaks the forward fails; otherwise the cohort fails."""
+        try:
+            self.batch.add(cohort)
+        except Exception as exc:  # noqa: BLE001 - a prefill failure fails requests, never the engine
+            log.exception("prefill of %d requests failed", len(cohort))
+            joined = {id(row.handle) for row in self.batch.rows}
+            if len(cohort) > 1 and not any(id(row.handle) in joined for row in cohort):
+                for row in cohort:
+                    self._prefill([row])
+            else:
+                self._fail_cohort(cohort, exc)
 
     def _next_uses(self, name: str | None) -> bool:
         with self._cond:

@@ -142,3 +142,21 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not hold in time"
         time.sleep(0.01)
+
+
+def test_a_request_that_breaks_the_prefill_fails_alone(make_engine, monkeypatch):
+    engine = make_engine(max_batch_size=4)
+    poison = engine.encode(PROMPTS[3])
+    real = engine.batch._forward
+
+    def forward(rows, input_ids, *args, **kwargs):  # fault injection: this prompt breaks any forward it is in
+        if any(row.handle.request.prompt_ids == poison for row in rows):
+            raise Injected("this prompt breaks the model")
+        return real(rows, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(engine.batch, "_forward", forward)
+    with engine._cond:  # queue all four before the scheduler looks, so they are prefilled as one cohort
+        handles = [engine.submit(_request(engine, prompt)) for prompt in PROMPTS]
+    with pytest.raises(Injected):
+        handles[3].result(60)
+    assert all(handle.result(60).token_ids for handle in handles[:3])
