@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import threading
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 
 from esft.errors import ConfigError
 from esft.serving.errors import RequestCancelled, RequestTimeout, ServingError
+
+log = logging.getLogger(__name__)
 
 MIN_TEMPERATURE = 1e-4
 """Temperatures below this decode greedily: dividing logits by them overflows float32 (and the
@@ -123,9 +126,13 @@ class GenerationRequest:
         if not all(isinstance(t, int) and 0 <= t < vocab_size for t in self.prompt_ids):
             raise ServingError(f"Prompt token ids must be in [0, {vocab_size}).", param="prompt", code="invalid_prompt")
         if any(token >= vocab_size for token, _ in self.params.logit_bias):
-            raise ServingError(f"`logit_bias` token ids must be < {vocab_size}.", param="logit_bias")
+            raise ServingError(
+                f"`logit_bias` token ids must be < {vocab_size}.", param="logit_bias", code="invalid_value"
+            )
         if self.timeout_s is not None and not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
-            raise ServingError(f"`timeout_s` must be > 0, got {self.timeout_s}", param="timeout_s")
+            raise ServingError(
+                f"`timeout_s` must be > 0, got {self.timeout_s}", param="timeout_s", code="invalid_value"
+            )
 
 
 @dataclass
@@ -207,10 +214,14 @@ class RequestHandle:
         return None
 
     def _emit(self, event: TokenEvent | Completion | BaseException) -> None:
-        if self._on_event is not None:
-            self._on_event(event)
-        else:
+        if self._on_event is None:
             self._events.put(event)
+            return
+        try:
+            self._on_event(event)
+        except Exception:  # noqa: BLE001 - a broken consumer loses its own request, never its batch
+            log.exception("the event callback of request %s failed; cancelling it", self.request.id)
+            self._cancelled.set()
 
     def push(self, event: TokenEvent) -> None:
         """Engine side: one new token."""

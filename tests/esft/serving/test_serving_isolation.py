@@ -160,3 +160,17 @@ def test_a_request_that_breaks_the_prefill_fails_alone(make_engine, monkeypatch)
     with pytest.raises(Injected):
         handles[3].result(60)
     assert all(handle.result(60).token_ids for handle in handles[:3])
+
+
+def test_a_consumer_whose_callback_raises_loses_only_its_own_request(make_engine):
+    engine = make_engine(max_batch_size=4, max_new_tokens=200)
+
+    def broken(event) -> None:
+        raise Injected("the consumer is gone")
+
+    with engine._cond:  # one cohort
+        victim = engine.submit(_request(engine, max_tokens=200, ignore_eos=True), on_event=broken)
+        others = [engine.submit(_request(engine, prompt)) for prompt in PROMPTS[1:]]
+    assert all(handle.result(60).token_ids for handle in others)
+    _wait_for(lambda: victim.done)
+    assert engine.stats()["requests"]["cancelled"] == 1 and engine.health()["errors"] == 0
