@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-_ENGINES: dict[tuple[int, str], Engine] = {}
+_ENGINES: dict[tuple, Engine] = {}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -43,9 +43,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_t
 
 
 def get_engine(url: str, **pool) -> Engine:
-    """One engine per process and URL (the first caller's ``pool`` arguments win); a forked worker child
-    builds its own instead of sharing sockets."""
-    key = (os.getpid(), url)
+    """One engine per process, URL and ``pool`` arguments (the app's, sized by its settings, and the
+    default one of scripts and workers); a forked worker child builds its own instead of sharing sockets."""
+    key = (os.getpid(), url, tuple(sorted(pool.items())))
     if key not in _ENGINES:
         _ENGINES[key] = make_engine(url, **pool)
     return _ENGINES[key]

@@ -31,7 +31,10 @@ from tests.service_support import LiveServer, assert_error
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, assets):
     """A live service serving the toy model; projects alpha (with adapter ``ft:toy:math``), beta and gamma."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("load") / "data", inference_request_timeout_s=20)
+    # A pool far smaller than the 30 concurrent chats: any request holding a connection while it generates
+    # would starve the others (and the file lists) within seconds.
+    db_pool = {"db_pool_size": 2, "db_max_overflow": 2, "db_pool_timeout_s": 5}
+    settings = Settings(data_dir=tmp_path_factory.mktemp("load") / "data", inference_request_timeout_s=20, **db_pool)
     upgrade(settings.database_url)
     keys = {}
     with session_scope(settings.database_url) as session:
@@ -46,7 +49,7 @@ def served(tmp_path_factory, assets):
         registry.register_adapter(session, app.state.storage, job, "ft:toy:math", assets.adapters["math"])
     pool = mount_inference_pool(app, EngineConfig(max_new_tokens=1000, max_batch_size=8))
     with LiveServer(app) as server:
-        yield SimpleNamespace(url=server.url, keys=keys, pool=pool, app=app)
+        yield SimpleNamespace(url=server.url, keys=keys, pool=pool, app=app, settings=settings)
 
 
 def _chat_body(model: str, **params) -> dict:
@@ -94,6 +97,11 @@ def test_thirty_chats_from_two_projects_while_another_project_lists_files(served
     assert all(r.json()["usage"]["completion_tokens"] > 0 for r in replies)
     p95 = statistics.quantiles(latencies, n=20)[-1]
     assert p95 < 1.0, f"GET /v1/files p95 {p95:.3f} s over {len(latencies)} calls"
+
+
+def test_the_connection_pool_is_sized_by_the_settings(served):
+    db = served.app.state.session_factory.kw["bind"].pool
+    assert (db.size(), db._max_overflow, db._timeout) == (2, 2, 5)
 
 
 def test_a_client_that_leaves_a_non_streaming_chat_cancels_its_generation(served):
