@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _ENGINES: dict[tuple, Engine] = {}
@@ -31,7 +31,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_t
     """
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+        path = make_url(url).database
         memory = not path or path == ":memory:"
         if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
