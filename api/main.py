@@ -88,7 +88,8 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker.
 
     Whatever is mounted later and must be released at shutdown (inference engines) appends its close
-    function to ``app.state.shutdown_hooks``; the lifespan calls them in reverse order.
+    function to ``app.state.shutdown_hooks``; the lifespan calls them in reverse order. What must work for
+    the app to be ready appends a check to ``app.state.readiness_checks`` (``/health/ready``).
     """
     settings = settings or Settings()
     migrate = settings.auto_migrate if migrate is None else migrate
@@ -112,11 +113,12 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
         openapi_tags=TAGS,
     )
     app.state.settings = settings
-    app.state.session_factory = session_factory(settings.database_url)
+    app.state.session_factory = session_factory(settings.database_url, **settings.db_pool())
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
     app.state.rate_buckets = buckets_for(settings.shared_redis_url)
     app.state.shutdown_hooks = []
+    app.state.readiness_checks = []  # () -> None or why the app is not ready (a dead inference engine)
     for module in (files, jobs, models, keys, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)

@@ -103,6 +103,21 @@ class Settings(BaseSettings):
     )
     parent_pid: int | None = Field(default=None, description="embedded worker: shut down when this process dies")
 
+    db_pool_size: int = Field(default=10, ge=1, description="database connections each process keeps open")
+    db_max_overflow: int = Field(default=20, ge=0, description="extra connections opened under load, then closed")
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, description="wait this long for a free connection, then 500")
+    inference_request_timeout_s: float | None = Field(
+        default=600.0, gt=0, description="deadline of a chat or text completion (504 `timeout` past it); null: none"
+    )
+
+    def db_pool(self) -> dict[str, float]:
+        """Connection-pool arguments for ``api.core.db.session.make_engine``."""
+        return {
+            "pool_size": self.db_pool_size,
+            "max_overflow": self.db_max_overflow,
+            "pool_timeout": self.db_pool_timeout_s,
+        }
+
     @field_validator("outbound_url_allowlist", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

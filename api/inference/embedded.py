@@ -147,6 +147,11 @@ class EnginePool:
         row = self._adapters.get(name)
         return None if row is None else registry.verify(self.storage, row, skip=(ADAPTER_WEIGHTS_NAME,))
 
+    def problem(self) -> str | None:
+        """Why inference cannot serve (an engine whose scheduler stopped), for ``/health/ready``."""
+        dead = sorted(base for base, engine in self.engines.items() if not engine.health()["alive"])
+        return f"The inference engine of {', '.join(dead)} stopped; restart the server." if dead else None
+
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
@@ -158,6 +163,7 @@ def mount_inference_pool(app: FastAPI, config: EngineConfig | None = None, *, on
     pool = EnginePool(app.state.session_factory, app.state.storage, config, only=only)
     app.state.inference_pool = pool
     app.state.shutdown_hooks.append(pool.close)
+    app.state.readiness_checks.append(pool.problem)
     app.include_router(create_inference_router(pool, dependencies=[Depends(get_principal)]))
     return pool
 
