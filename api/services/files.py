@@ -25,7 +25,7 @@ from api.core.storage import LocalStorage, TooLarge
 from api.schemas.files import FileObject, ValidationReport
 from api.services.common import new_id, page_by_created, unix
 from esft.data.formats import LineLimits
-from esft.data.validation import validate_jsonl
+from esft.data.validation import excerpt, validate_jsonl
 
 PURPOSES = ("fine-tune",)
 EXPIRY_BOUNDS_S = (3600, 30 * 24 * 3600)  # OpenAI's: one hour to thirty days after created_at
@@ -190,8 +190,17 @@ def summary(report: dict | None) -> str | None:
     return f"{report.get('n_invalid', 0)} invalid line(s) of {report.get('n_lines', 0)} ({counts})"
 
 
+def _public_report(stored: dict | None) -> ValidationReport | None:
+    """The stored report as shown, with the same bounds on rows written before reports were bounded."""
+    if not stored:
+        return None
+    errors = [{**error, "message": excerpt(error["message"])} for error in stored.get("errors", [])]
+    omitted = sum(stored.get("error_counts", {}).values()) - len(errors)
+    return ValidationReport.model_validate({**stored, "errors": errors, "errors_omitted": max(omitted, 0)})
+
+
 def to_public(row: File) -> FileObject:
-    report = ValidationReport.model_validate(row.validation) if row.validation else None
+    report = _public_report(row.validation)
     return FileObject(
         id=row.id,
         bytes=row.bytes,
