@@ -1,10 +1,10 @@
 """Dataset files: streamed upload, line-by-line validation report, listing, content, deletion and expiry.
 
-Uploads stream into a temporary blob (size-limited, hashed). Files that are not line-delimited UTF-8 JSON are
-rejected with 400 and nothing is kept; files with schema problems (roles, missing assistant turn) are kept
-with ``status="error"`` and their report, so a job on them fails at ``validating_files``. An upload with
-OpenAI's ``expires_after`` gets an ``expires_at``; ``sweep_expired`` (run by the worker's reaper) deletes
-expired files that no unfinished job uses.
+Uploads stream into a temporary blob (size-limited, hashed). Files that are not line-delimited UTF-8 JSON (or
+have lines longer or deeper than the deployment accepts) are rejected with 400 and nothing is kept; files with
+schema problems (roles, missing assistant turn) are kept with ``status="error"`` and their report (bounded), so a
+job on them fails at ``validating_files``. An upload with OpenAI's ``expires_after`` gets an ``expires_at``;
+``sweep_expired`` (run by the worker's reaper) deletes expired files that no unfinished job uses.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from esft.data.validation import excerpt, validate_jsonl
 
 PURPOSES = ("fine-tune",)
 EXPIRY_BOUNDS_S = (3600, 30 * 24 * 3600)  # OpenAI's: one hour to thirty days after created_at
-FATAL_CODES = ("invalid_utf8", "invalid_json", "empty_file")
+# Lines that cannot be read at all (within the deployment's line limits) make the file unusable: refused, not kept.
+FATAL_CODES = ("invalid_utf8", "invalid_json", "line_too_long", "too_deeply_nested", "empty_file")
 ACTIVE = ("validating_files", "queued", "running", "paused")  # unfinished: a paused job resumes on its files
 
 
