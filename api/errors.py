@@ -59,7 +59,7 @@ async def _library_error(_: Request, exc: ESFTError) -> JSONResponse:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
     message = exc.detail if isinstance(exc.detail, str) else "Request failed."
     if exc.status_code == 404 and message == "Not Found":
         message = "Unknown URL; see /openapi.json for the available routes."
@@ -72,12 +72,16 @@ _LOC_TAGS = re.compile(
 )
 
 
-def _loc_to_param(loc: tuple | list) -> str | None:
-    """The field as OpenAI names it: ``messages[1].content``, ``method.esft.top_p``."""
+def loc_to_param(loc: tuple | list) -> str | None:
+    """The field as OpenAI names it: ``messages[1].content``, ``method.esft.top_p``.
+
+    A leading ``body``/``query``/``path``/``header``/``cookie`` says where the field is; only there is it dropped
+    (a body field may well be called ``path``).
+    """
     param = ""
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
     for part in loc:
-        if part in ("body", "query", "path", "header", "cookie"):
-            continue
         if isinstance(part, str) and _LOC_TAGS.match(part):
             break
         param += f"[{part}]" if isinstance(part, int) else f".{part}" if param else str(part)
@@ -88,10 +92,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     """A malformed request is a 400 naming the first offending field (OpenAI answers 400, not 422)."""
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    param = _loc_to_param(first.get("loc", ()))
-    message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
-    code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_request"
-    return error_response(400, message, code, param)
+    if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+        where, why = first["loc"][-1], (first.get("ctx") or {}).get("error", "malformed")
+        return error_response(400, f"The body is not valid JSON ({why} at character {where}).", "invalid_json", None)
+    param = loc_to_param(first.get("loc", ()))
+    message = "; ".join(f"{loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    return error_response(400, message, "invalid_request", param)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from api.deps import get_principal
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.operations import TAG as INFERENCE_TAG
 from api.inference.operations import DocumentOnly, inference_router
+from api.input_checks import check_request_input
 from api.limits import BodyLimitMiddleware
 from api.metrics import mount_metrics
 from api.observe import ObserveMiddleware
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
             from api.core.migrate import upgrade
 
             upgrade(settings.database_url)
+        app.state.storage.sweep_tmp()  # what uploads and downloads of a killed server left behind
         yield
         for close in reversed(app.state.shutdown_hooks):  # e.g. the inference engines mounted on this app
             close()
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
         description="OpenAI-style fine-tuning API for Expert-Specialized Fine-Tuning of MoE models.",
         generate_unique_id_function=operation_id,
         openapi_tags=TAGS,
+        dependencies=[Depends(check_request_input)],  # every route, inference included: NUL, NaN, surrogates
     )
     app.state.settings = settings
     app.state.session_factory = session_factory(settings.database_url, **settings.db_pool())

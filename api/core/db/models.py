@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -46,8 +47,32 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (copies only what changes)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class StandardJSON(TypeDecorator):
+    """JSON that stays standard: a NaN or infinite float (a diverged loss, say) is stored as null.
+
+    Python's ``json`` would write ``NaN``, which PostgreSQL's ``json`` type and strict readers refuse.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> Any:
+        return _finite(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
+    type_annotation_map = {dict[str, Any]: StandardJSON(), list[Any]: StandardJSON(), datetime: UTCDateTime()}
 
 
 class Project(Base):
