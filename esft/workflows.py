@@ -84,13 +84,17 @@ def _datasets(data_path, validation_path, tokenizer, config: TrainingConfig):
     return train_data, val_data, report
 
 
-def _method_config(method: Method, expert_config_path, config: TrainingConfig):
-    """The method's config: the expert config for ESFT (with the training config's variant flags), else defaults."""
+def _method_config(method: Method, expert_config_path, config: TrainingConfig, options: dict[str, Any] | None):
+    """The method's config: its ``options`` (rank, ...) over its defaults, with the expert config where it selects.
+
+    ESFT's config is the expert config itself (with the training config's variant flags); ESFT-LoRA's holds it.
+    """
+    options = dict(options or {})
     if not method.needs_expert_config:
         if expert_config_path is not None:
             raise ConfigError(f"the {method.name} method trains no expert selection; drop the expert config "
                               "(`--expert-config`)", param="expert_config")
-        return method.config_cls()
+        return method.config_cls(**options)
     if expert_config_path is None:
         raise ConfigError(f"the {method.name} method needs an expert config (`--expert-config`; make one with "
                           "`esft select`)", param="expert_config")
@@ -98,7 +102,9 @@ def _method_config(method: Method, expert_config_path, config: TrainingConfig):
     # The paper's variants can be asked for in the expert config or in the training config.
     expert_config.shared_experts |= config.train_shared_experts
     expert_config.non_expert_modules |= config.train_non_expert_modules
-    return expert_config
+    if method.config_cls is None:
+        return expert_config
+    return method.config_cls(**options, expert_config=expert_config)
 
 
 def train(
@@ -113,13 +119,15 @@ def train(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     method: str = "esft",
+    method_options: dict[str, Any] | None = None,
 ) -> TrainOutput:
-    """Train ``model_dir`` on ``data_path`` with ``method`` (esft, fft or lora) and write the result to ``out_dir``.
+    """Train ``model_dir`` on ``data_path`` with ``method`` (a registered name) and write the result to ``out_dir``.
 
     ``out_dir`` also holds ``checkpoints/`` (for ``resume``), ``metrics.jsonl`` and ``train_report.json``.
-    ESFT and LoRA write an adapter (``adapter_config.json`` last, so its presence means complete); FFT
-    writes a whole model with its tokenizer. ``expert_config_path`` is required for esft and refused for
-    the others.
+    ESFT, ESFT-LoRA and LoRA write an adapter (``adapter_config.json`` last, so its presence means complete);
+    FFT writes a whole model with its tokenizer. ``expert_config_path`` is required for the methods that train
+    an expert selection (esft, esft_lora) and refused for the others; ``method_options`` are the method
+    config's fields (``rank``, ``alpha``, ``train_embeddings``).
 
     Raises:
         ConfigError: unknown method, missing or superfluous expert config, or ``out_dir`` already finished.
@@ -129,7 +137,7 @@ def train(
     out_dir = Path(out_dir)
     if any((out_dir / name).exists() for name in (ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME)) and not resume:
         raise ConfigError(f"{out_dir} already holds a finished run; choose a new --out", param="out")
-    method_config = _method_config(spec, expert_config_path, config)
+    method_config = _method_config(spec, expert_config_path, config, method_options)
     model, tokenizer = load_model(model_dir, dtype=config.dtype, device=_rank_device())
     train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
     torch.manual_seed(config.seed)  # methods that initialise weights (LoRA) do it reproducibly

@@ -64,7 +64,7 @@ def method_names() -> list[str]:
 
     >>> import esft.methods
     >>> method_names()
-    ['esft', 'fft', 'lora']
+    ['esft', 'esft_lora', 'fft', 'lora', 'lora_experts']
     """
     return sorted(_METHODS)
 
