@@ -14,6 +14,7 @@ expert slots, bit-exact restore) serves ESFT-LoRA unchanged.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from esft.io import atomic_directory, sha256_file, write_json_atomic
 
 PEFT_TYPE = "ESFT_LORA"
 FACTORS = ("lora_A", "lora_B")
+BaseRows = Callable[[str, torch.Tensor], torch.Tensor]  # (fused parameter name, expert ids) -> the base rows
 
 
 @dataclass
@@ -85,10 +87,11 @@ class ESFTLoRAAdapter:
         return cls(expert_config, int(config["rank"]), int(config["alpha"]), tensors, rows, config.get("training", {}))
 
     @torch.no_grad()
-    def materialise(self, model: nn.Module) -> ESFTAdapter:
-        """The ``ESFTAdapter`` of the trained rows: ``model``'s rows of the selected experts plus the deltas.
+    def materialise(self, model: nn.Module, base_rows: BaseRows | None = None) -> ESFTAdapter:
+        """The ``ESFTAdapter`` of the trained rows: the base rows of the selected experts plus the deltas.
 
-        ``model`` must hold the base weights in those rows (not another adapter applied in place).
+        The base rows are read from ``model``, or through ``base_rows`` where another adapter may be applied
+        in place (a serving engine's hot swap).
         """
         scale = self.alpha / self.rank
         tensors: dict[str, torch.Tensor] = {}
@@ -99,7 +102,7 @@ class ESFTLoRAAdapter:
                 raise AdapterMismatchError(f"adapter tensor {key!r} has no parameter in this model",
                                            param="adapter") from None
             ids = torch.tensor(self.expert_config.experts[layer], device=param.device)
-            rows = param.detach()[ids].float()
+            rows = (base_rows(key, ids) if base_rows is not None else param.detach()[ids]).float()
             factors = [f"{key}.{f}" for f in FACTORS]
             if all(name in self.tensors for name in factors):
                 a, b = (self.tensors[name].to(device=param.device, dtype=torch.float32) for name in factors)
@@ -118,11 +121,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     return json.loads(config_path.read_text())
 
 
-def expert_rows_adapter(path: str | Path, model: nn.Module) -> ESFTAdapter:
+def expert_rows_adapter(path: str | Path, model: nn.Module, base_rows: BaseRows | None = None) -> ESFTAdapter:
     """The expert rows an adapter directory stands for: an ESFT adapter as saved, an ESFT-LoRA one materialised.
 
     This is what serving loads, so both methods go through the same expert slots and swaps.
     """
     if _read_config(Path(path)).get("peft_type") == PEFT_TYPE:
-        return ESFTLoRAAdapter.from_pretrained(path).materialise(model)
+        return ESFTLoRAAdapter.from_pretrained(path).materialise(model, base_rows)
     return ESFTAdapter.from_pretrained(path)
