@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from esft.adapters import ESFTAdapter, apply_adapter, save_merged
+from esft.adapters import save_merged
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME
 from esft.data.formats import read_examples
@@ -21,7 +21,7 @@ from esft.data.tokenize import DataReport, tokenize_examples
 from esft.errors import ConfigError
 from esft.expert_config import ExpertConfig
 from esft.io import write_json_atomic
-from esft.methods import Method, get_method
+from esft.methods import Method, get_method, load_adapter
 from esft.models.identity import identity_of
 from esft.models.loading import load_model
 from esft.parallel.data_parallel import barrier, is_main, world
@@ -169,13 +169,12 @@ def _data_report(report: DataReport, n_train: int, n_val: int) -> dict[str, Any]
 
 
 def merge(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write base model + adapter as one full checkpoint that ``from_pretrained`` loads."""
+    """Write base model + any method's result (ESFT, ESFT-LoRA, LoRA adapter) as one full checkpoint."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ConfigError(f"{out_dir} already exists; choose a new --out for the merged model", param="out")
     model, tokenizer = load_model(model_dir, device="cpu")
-    apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
-    return save_merged(model, tokenizer, out_dir)
+    return save_merged(load_adapter(model, adapter_dir).fold(), tokenizer, out_dir)
 
 
 def generate(
@@ -186,10 +185,10 @@ def generate(
     max_new_tokens: int = 64,
     temperature: float = 0.0,
 ) -> str:
-    """Generate a reply to ``prompt`` (text or chat messages) with the base model or an adapter."""
+    """Generate a reply to ``prompt`` (text or chat messages) with the base model or any method's result."""
     from esft.generation import generate_text
 
     model, tokenizer = load_model(model_dir)
     if adapter_dir is not None:
-        apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
+        model = load_adapter(model, adapter_dir).fold()
     return generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature)

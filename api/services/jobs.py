@@ -13,7 +13,7 @@ from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
-from api.schemas.jobs import ESFTParams, JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams
+from api.schemas.jobs import JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams, params_model
 from api.services import files, job_options
 from api.services.common import new_id, page_by_created, unix
 
@@ -41,11 +41,11 @@ def job_method(body: JobCreate) -> dict[str, Any]:
                           "`hyperparameters` without `method`, not both.", "hyperparameters")
         method = Method(type="supervised", supervised=SupervisedParams(hyperparameters=body.hyperparameters))
     method = method or Method()
-    other = "supervised" if method.type == "esft" else "esft"
-    if getattr(method, other) is not None:
-        raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
-                      f"{other!r} or leave it out.", f"method.{other}")
-    params = getattr(method, method.type) or (ESFTParams() if method.type == "esft" else SupervisedParams())
+    for other in Method.model_fields:
+        if other not in ("type", method.type) and getattr(method, other) is not None:
+            raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
+                          f"{other!r} or leave it out.", f"method.{other}")
+    params = getattr(method, method.type) or params_model(method.type)()
     return {"type": method.type, method.type: params.model_dump(mode="json")}
 
 
