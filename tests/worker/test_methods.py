@@ -43,7 +43,7 @@ def test_each_method_trains_registers_and_answers(method, options, full_copy, cl
     assert job["method"]["type"] == method and job["method"][method].get("rank") == options.get("rank")
     artifacts = {a["name"] for a in client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts", headers=auth).json()
                  ["data"]}
-    assert EXPECTED_ARTIFACTS <= artifacts
+    assert artifacts >= EXPECTED_ARTIFACTS
     assert ("expert_config.json" in artifacts) == (method == "esft_lora")  # only selecting methods select
     model = client.get(f"/v1/models/{job['fine_tuned_model']}", headers=auth).json()
     assert model["details"]["full_copy"] is full_copy and model["details"]["bytes"] > 0
