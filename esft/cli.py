@@ -169,6 +169,27 @@ def train(
 
 
 @app.command()
+@config_options(training=TrainingConfig)
+def compare(
+    model: ModelOpt,
+    data: DataOpt,
+    training: TrainingConfig,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods to run on the same data and budget.")] = (
+        "esft,esft_lora,lora,lora_experts,fft"),
+    out: Annotated[Path, typer.Option("--out", help="Directory for the runs and the report.")] = Path("comparison"),
+    validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL (task metric; default: --data).")]
+    = None,
+) -> None:
+    """Train several methods with the same budget and write a side-by-side report (JSON, Markdown, PNG)."""
+    from esft import comparison
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    with _errors():
+        comparison.compare(model, data, names, out, training, validation_path=validation_file)
+    console.print((out / comparison.REPORT_MD).read_text())
+
+
+@app.command()
 def merge(
     model: ModelOpt,
     adapter: Annotated[Path, typer.Option("--adapter", help="Adapter directory.")],

@@ -7,6 +7,7 @@ in-memory front door instead (``esft.get_esft_model``, ``esft.train``, ``ESFTMod
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,13 @@ def train(
     model, tokenizer = load_model(model_dir, dtype=config.dtype, device=_rank_device())
     train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
     torch.manual_seed(config.seed)  # methods that initialise weights (LoRA) do it reproducibly
+    started = time.perf_counter()
     prepared = spec.prepare(model, method_config)
     result = train_loop(prepared, train_data, config, pad_token_id=tokenizer.pad_token_id, out_dir=out_dir,
                         val_data=val_data, resume=resume, progress=progress, should_stop=should_stop)
     n_train, n_val = result.report["n_train"], result.report["n_validation"]
-    report = {**result.report, "method": method, "data": _data_report(data_report, n_train, n_val),
+    report = {**result.report, "method": method, "train_seconds": round(time.perf_counter() - started, 3),
+              "data": _data_report(data_report, n_train, n_val),
               "config": config.to_dict()}
     if is_main():  # every rank holds the same trained weights; one writes them
         write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
