@@ -21,7 +21,7 @@ from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.operations import TAG as INFERENCE_TAG
 from api.inference.operations import DocumentOnly, inference_router
 from api.limits import BodyLimitMiddleware
-from api.routes import admin, files, health, jobs, models
+from api.routes import admin, comparisons, files, health, jobs, models
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
     app.state.shutdown_hooks = []
-    for module in (files, jobs, models, admin, health):
+    for module in (files, jobs, comparisons, models, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(

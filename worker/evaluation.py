@@ -103,6 +103,8 @@ def _reports(ctx: StepContext) -> None:
         (ctx.lib.plot_loss, (ctx.work / METRICS_JSONL, ctx.work / LOSS_PNG)),
     )
     for draw, args in drawings:
+        if not args[0].is_file():  # no expert scores for methods that select no experts
+            continue
         try:
             draw(*args)
         except Exception as exc:  # a missing picture must not fail a trained job

@@ -68,11 +68,17 @@ def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
             )
 
 
-def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
-    """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
+def checked_method(session: Session, settings: Settings, project_id: str, body: JobCreate) -> dict[str, Any]:
+    """The stored method of a request whose model, files and options all pass (else a 4xx ``ServiceError``)."""
     method = job_method(body)
     _check_inputs(session, project_id, body)
     job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
+    return method
+
+
+def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
+    """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
+    method = checked_method(session, settings, project_id, body)
     job = Job(
         id=new_id("ftjob"),
         project_id=project_id,
