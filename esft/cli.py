@@ -148,9 +148,11 @@ def train(
     data: DataOpt,
     training: TrainingConfig,
     expert_config: Annotated[Path | None, typer.Option(
-        "--expert-config", help="Expert config JSON (required with --method esft, refused otherwise).")] = None,
+        "--expert-config", help="Expert config JSON (required with --method esft/esft_lora, refused otherwise).")]
+    = None,
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")] = Path("adapter"),
-    method: Annotated[str, typer.Option(help="esft, or fft (all weights) or lora (rank 8) to compare.")] = "esft",
+    method: Annotated[str, typer.Option(help="esft, esft_lora (rank 4 deltas on the selected experts), or fft (all "
+                                        "weights), lora (rank 8, attention) or lora_experts to compare.")] = "esft",
     validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
 ) -> None:
