@@ -60,6 +60,9 @@ def test_each_method_trains_registers_and_answers(method, options, full_copy, cl
         assert reply.json()["model"] == job["fine_tuned_model"]
         assert reply.json()["choices"][0]["message"]["content"].strip() == want
         assert (job["fine_tuned_model"] in pool.engines) == full_copy  # full copies: an engine of their own
+        body["model"] = f"{job['fine_tuned_model']}:ckpt-step-4"  # only ESFT checkpoints convert to adapters
+        refused = client.post("/v1/chat/completions", json=body, headers=auth)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "checkpoint_not_servable"
     finally:
         pool.close()
 
