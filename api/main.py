@@ -25,7 +25,7 @@ from api.input_checks import check_request_input
 from api.limits import BodyLimitMiddleware
 from api.metrics import mount_metrics
 from api.observe import ObserveMiddleware
-from api.routes import admin, files, health, jobs, keys, models
+from api.routes import admin, comparisons, files, health, jobs, keys, models
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.rate_buckets = buckets_for(settings.shared_redis_url)
     app.state.shutdown_hooks = []
     app.state.readiness_checks = []  # () -> None or why the app is not ready (a dead inference engine)
-    for module in (files, jobs, models, keys, admin, health):
+    for module in (files, jobs, comparisons, models, keys, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(

@@ -1,7 +1,9 @@
 """``esft quickstart``: a complete ESFT run against a live server, over HTTP only.
 
 Builds (or reuses) a toy MoE base model, registers it, uploads a built-in task, starts a job, follows it with
-a live progress bar and prints the adapter's answers next to the base model's.
+a live progress bar, prints the adapter's answers next to the base model's, and then the ESFT story in two
+numbers: the task gain, and how much of the base model's general ability the adapter kept (base vs adapter
+on general questions, asked through ``/v1/chat/completions``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TASK = {
     "purple": "grape",
 }
 TEMPLATES = ("What is {}?",)
+N_GENERAL = 4  # general questions per skill (esft.synthetic's held-out general rows)
 console = Console()
 
 
@@ -178,6 +181,36 @@ def show_live_answers(client: httpx.Client, job: dict[str, Any]) -> None:
     console.print(table)
 
 
+def general_questions(n_per_task: int = N_GENERAL) -> list[tuple[str, str]]:
+    """``(question, answer)`` pairs of the synthetic general skills, held out of any pretraining mixture."""
+    from esft.synthetic.tasks import general_eval_rows
+
+    return [(row["messages"][0]["content"], row["messages"][1]["content"])
+            for rows in general_eval_rows(n_per_task).values() for row in rows]
+
+
+def _score(client: httpx.Client, model: str, pairs: list[tuple[str, str]]) -> float:
+    """Exact-match share of ``model``'s greedy answers."""
+    right = sum((chat(client, model, question) or "").strip().lower() == answer.lower() for question, answer in pairs)
+    return right / max(len(pairs), 1)
+
+
+def show_story(client: httpx.Client, job: dict[str, Any]) -> dict[str, float] | None:
+    """Task gain next to the general ability kept: what ESFT buys, in two lines."""
+    results = _check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/eval_results.json"))
+    pairs = general_questions()
+    if chat(client, job["model"], pairs[0][0]) is None:
+        return None
+    base, adapter = _score(client, job["model"], pairs), _score(client, job["fine_tuned_model"], pairs)
+    gain = 100 * (results["accuracy_adapter"] - results["accuracy_base"])
+    kept = f"{adapter / base:.0%} kept" if base else "the base scores 0: nothing to keep"
+    console.print(f"Task: base {results['accuracy_base']:.0%} -> adapter {results['accuracy_adapter']:.0%} "
+                  f"([bold]{gain:+.0f} points[/])")
+    console.print(f"General ability ({len(pairs)} questions): base {base:.0%}, adapter {adapter:.0%} "
+                  f"([bold]{kept}[/])")
+    return {"task_gain": gain, "general_base": base, "general_adapter": adapter}
+
+
 def wait_for_server(client: httpx.Client, wait: float) -> bool:
     """True once ``/health`` answers; a server started a moment ago gets ``wait`` seconds."""
     deadline = time.monotonic() + wait
@@ -209,4 +242,5 @@ def run(url: str, api_key: str, settings: Settings, *, steps: int, wait: float =
             return 1
         show_results(client, job)
         show_live_answers(client, job)
+        show_story(client, job)
     return 0

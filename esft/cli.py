@@ -150,9 +150,11 @@ def train(
     data: DataOpt,
     training: TrainingConfig,
     expert_config: Annotated[Path | None, typer.Option(
-        "--expert-config", help="Expert config JSON (required with --method esft, refused otherwise).")] = None,
+        "--expert-config", help="Expert config JSON (required with --method esft/esft_lora, refused otherwise).")]
+    = None,
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")] = Path("adapter"),
-    method: Annotated[str, typer.Option(help="esft, or fft (all weights) or lora (rank 8) to compare.")] = "esft",
+    method: Annotated[str, typer.Option(help="esft, esft_lora (rank 4 deltas on the selected experts), or fft (all "
+                                        "weights), lora (rank 8, attention) or lora_experts to compare.")] = "esft",
     validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     progress_jsonl: Annotated[Path | None, typer.Option(
@@ -178,6 +180,27 @@ def train(
     console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
                   f"final loss {result.final_loss:.4f}; result -> {result.adapter_dir}")
+
+
+@app.command()
+@config_options(training=TrainingConfig)
+def compare(
+    model: ModelOpt,
+    data: DataOpt,
+    training: TrainingConfig,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods to run on the same data and budget.")] = (
+        "esft,esft_lora,lora,lora_experts,fft"),
+    out: Annotated[Path, typer.Option("--out", help="Directory for the runs and the report.")] = Path("comparison"),
+    validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL (task metric; default: --data).")]
+    = None,
+) -> None:
+    """Train several methods with the same budget and write a side-by-side report (JSON, Markdown, PNG)."""
+    from esft import comparison
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    with _errors():
+        comparison.compare(model, data, names, out, training, validation_path=validation_file)
+    console.print((out / comparison.REPORT_MD).read_text())
 
 
 @app.command()

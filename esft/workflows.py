@@ -7,13 +7,14 @@ in-memory front door instead (``esft.get_esft_model``, ``esft.train``, ``ESFTMod
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from esft.adapters import ESFTAdapter, apply_adapter, save_merged
+from esft.adapters import save_merged
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
 from esft.constants import ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME
 from esft.data.formats import read_examples
@@ -21,7 +22,7 @@ from esft.data.tokenize import DataReport, tokenize_examples
 from esft.errors import ConfigError
 from esft.expert_config import ExpertConfig
 from esft.io import write_json_atomic
-from esft.methods import Method, get_method
+from esft.methods import Method, get_method, load_adapter
 from esft.models.identity import identity_of
 from esft.models.loading import load_model
 from esft.parallel.data_parallel import barrier, is_main, world
@@ -84,13 +85,17 @@ def _datasets(data_path, validation_path, tokenizer, config: TrainingConfig):
     return train_data, val_data, report
 
 
-def _method_config(method: Method, expert_config_path, config: TrainingConfig):
-    """The method's config: the expert config for ESFT (with the training config's variant flags), else defaults."""
+def _method_config(method: Method, expert_config_path, config: TrainingConfig, options: dict[str, Any] | None):
+    """The method's config: its ``options`` (rank, ...) over its defaults, with the expert config where it selects.
+
+    ESFT's config is the expert config itself (with the training config's variant flags); ESFT-LoRA's holds it.
+    """
+    options = dict(options or {})
     if not method.needs_expert_config:
         if expert_config_path is not None:
             raise ConfigError(f"the {method.name} method trains no expert selection; drop the expert config "
                               "(`--expert-config`)", param="expert_config")
-        return method.config_cls()
+        return method.config_cls(**options)
     if expert_config_path is None:
         raise ConfigError(f"the {method.name} method needs an expert config (`--expert-config`; make one with "
                           "`esft select`)", param="expert_config")
@@ -98,7 +103,9 @@ def _method_config(method: Method, expert_config_path, config: TrainingConfig):
     # The paper's variants can be asked for in the expert config or in the training config.
     expert_config.shared_experts |= config.train_shared_experts
     expert_config.non_expert_modules |= config.train_non_expert_modules
-    return expert_config
+    if method.config_cls is None:
+        return expert_config
+    return method.config_cls(**options, expert_config=expert_config)
 
 
 def train(
@@ -113,13 +120,15 @@ def train(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     method: str = "esft",
+    method_options: dict[str, Any] | None = None,
 ) -> TrainOutput:
-    """Train ``model_dir`` on ``data_path`` with ``method`` (esft, fft or lora) and write the result to ``out_dir``.
+    """Train ``model_dir`` on ``data_path`` with ``method`` (a registered name) and write the result to ``out_dir``.
 
     ``out_dir`` also holds ``checkpoints/`` (for ``resume``), ``metrics.jsonl`` and ``train_report.json``.
-    ESFT and LoRA write an adapter (``adapter_config.json`` last, so its presence means complete); FFT
-    writes a whole model with its tokenizer. ``expert_config_path`` is required for esft and refused for
-    the others.
+    ESFT, ESFT-LoRA and LoRA write an adapter (``adapter_config.json`` last, so its presence means complete);
+    FFT writes a whole model with its tokenizer. ``expert_config_path`` is required for the methods that train
+    an expert selection (esft, esft_lora) and refused for the others; ``method_options`` are the method
+    config's fields (``rank``, ``alpha``, ``train_embeddings``).
 
     Raises:
         ConfigError: unknown method, missing or superfluous expert config, or ``out_dir`` already finished.
@@ -129,15 +138,17 @@ def train(
     out_dir = Path(out_dir)
     if any((out_dir / name).exists() for name in (ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME)) and not resume:
         raise ConfigError(f"{out_dir} already holds a finished run; choose a new --out", param="out")
-    method_config = _method_config(spec, expert_config_path, config)
+    method_config = _method_config(spec, expert_config_path, config, method_options)
     model, tokenizer = load_model(model_dir, dtype=config.dtype, device=_rank_device())
     train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
     torch.manual_seed(config.seed)  # methods that initialise weights (LoRA) do it reproducibly
+    started = time.perf_counter()
     prepared = spec.prepare(model, method_config)
     result = train_loop(prepared, train_data, config, pad_token_id=tokenizer.pad_token_id, out_dir=out_dir,
                         val_data=val_data, resume=resume, progress=progress, should_stop=should_stop)
     n_train, n_val = result.report["n_train"], result.report["n_validation"]
-    report = {**result.report, "method": method, "data": _data_report(data_report, n_train, n_val),
+    report = {**result.report, "method": method, "train_seconds": round(time.perf_counter() - started, 3),
+              "data": _data_report(data_report, n_train, n_val),
               "config": config.to_dict()}
     if is_main():  # every rank holds the same trained weights; one writes them
         write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
@@ -161,13 +172,12 @@ def _data_report(report: DataReport, n_train: int, n_val: int) -> dict[str, Any]
 
 
 def merge(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write base model + adapter as one full checkpoint that ``from_pretrained`` loads."""
+    """Write base model + any method's result (ESFT, ESFT-LoRA, LoRA adapter) as one full checkpoint."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ConfigError(f"{out_dir} already exists; choose a new --out for the merged model", param="out")
     model, tokenizer = load_model(model_dir, device="cpu")
-    apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
-    return save_merged(model, tokenizer, out_dir)
+    return save_merged(load_adapter(model, adapter_dir).fold(), tokenizer, out_dir)
 
 
 def generate(
@@ -178,10 +188,10 @@ def generate(
     max_new_tokens: int = 64,
     temperature: float = 0.0,
 ) -> str:
-    """Generate a reply to ``prompt`` (text or chat messages) with the base model or an adapter."""
+    """Generate a reply to ``prompt`` (text or chat messages) with the base model or any method's result."""
     from esft.generation import generate_text
 
     model, tokenizer = load_model(model_dir)
     if adapter_dir is not None:
-        apply_adapter(model, ESFTAdapter.from_pretrained(adapter_dir))
+        model = load_adapter(model, adapter_dir).fold()
     return generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature)

@@ -137,3 +137,27 @@ def test_static_bounds_reject_non_finite_and_out_of_range_values():
         TrainingConfig(learning_rate=2.0)
     with pytest.raises(ConfigError, match="top_p"):
         SelectionConfig(top_p=0.0)
+
+
+# --- each method's own options (esft.methods.*.config): declared once, in its job-spec object -------------
+
+METHOD_SCHEMAS = {"esft_lora": "ESFTLoRAParams", "fft": "FFTParams", "lora": "LoRAParams", "lora_experts": "LoRAParams"}
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_SCHEMAS))
+def test_method_options_are_fields_of_their_method_object_and_reach_the_worker(method):
+    from api.schemas.jobs import JobCreate
+    from api.services.jobs import job_method
+    from esft.methods import get_method
+
+    cls = get_method(method).config_cls
+    properties = OPENAPI["components"]["schemas"][METHOD_SCHEMAS[method]]["properties"]
+    own = [o for o in declared_options(cls) if "api" in o.expose]
+    assert own and all(properties[o.name]["description"].startswith(o.help) for o in own)
+    assert ("top_p" in properties) == get_method(method).needs_expert_config
+    assert "train_shared_experts" not in properties  # ESFT's paper variants belong to ESFT
+    given = {own[0].name: (not own[0].default) if own[0].kind is bool else 3}
+    spec = JobCreate(model="m", training_file="f", method={"type": method, method: given})
+    values = job_options.spec_values(job_method(spec), 1)
+    resolved = job_options.resolve(values, DataFacts(n_examples=40, max_tokens=30, max_context=2048), Settings())
+    assert job_options.config_for(cls, resolved) == cls(**given)

@@ -55,9 +55,9 @@ def compare_answers(
     max_new_tokens: int,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Answers of the base model and of the adapter to each prompt, loading the model once."""
-    from esft.adapters import ESFTAdapter, applied
+    """Answers of the base model and of the trained result (any method's) to each prompt, loading the model once."""
     from esft.generation import generate_text
+    from esft.methods import load_adapter
     from esft.models.loading import load_model
 
     model, tokenizer = load_model(model_dir)
@@ -71,8 +71,7 @@ def compare_answers(
         return out
 
     base = answers(model)
-    with applied(model, ESFTAdapter.from_pretrained(adapter_dir)) as tuned:
-        tuned_answers = answers(tuned)
+    tuned_answers = answers(load_adapter(model, adapter_dir).fold())  # in place: the base answers came first
     return base, tuned_answers
 
 
@@ -104,6 +103,8 @@ def _reports(ctx: StepContext) -> None:
         (ctx.lib.plot_loss, (ctx.work / METRICS_JSONL, ctx.work / LOSS_PNG)),
     )
     for draw, args in drawings:
+        if not args[0].is_file():  # no expert scores for methods that select no experts
+            continue
         try:
             draw(*args)
         except Exception as exc:  # a missing picture must not fail a trained job

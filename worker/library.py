@@ -18,6 +18,7 @@ class Library:
     score: Callable  # esft.workflows.score
     select: Callable  # esft.workflows.select
     train: Callable  # esft.workflows.train
+    merge: Callable  # esft.workflows.merge: base model + any method's result -> a full model
     compare: Callable  # worker.evaluation.compare_answers: base vs adapter answers, one model load
     plot_scores: Callable  # esft.plotting.plot_scores
     plot_loss: Callable  # esft.plotting.plot_loss
@@ -32,6 +33,7 @@ def esft_library() -> Library:
         score=workflows.score,
         select=workflows.select,
         train=workflows.train,
+        merge=workflows.merge,
         compare=compare_answers,
         plot_scores=plotting.plot_scores,
         plot_loss=plotting.plot_loss,

@@ -23,9 +23,13 @@ from esft.data.formats import LineLimits
 from esft.data.validation import validate_jsonl
 from esft.errors import ESFTError
 from esft.io import sha256_file, write_json_atomic
+from esft.methods import Method, get_method
 from worker.evaluation import evaluate
 from worker.library import Library
 from worker.progress import ProgressReporter
+
+EXPERT_SLOT_METHODS = ("esft", "esft_lora")  # results served through the base model's expert slots
+MERGED_DIR = "merged"
 
 
 class StepFailed(ESFTError):
@@ -113,8 +117,18 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     return {"hyperparameters": resolved}
 
 
+def job_method(job: Job) -> Method:
+    """The library method a job trains (``supervised`` is ESFT with its defaults)."""
+    kind = job.method.get("type", "esft")
+    return get_method("esft" if kind == "supervised" else kind)
+
+
 def score(ctx: StepContext) -> dict[str, Any]:
     out = ctx.work / SCORES
+    method = job_method(ctx.job)
+    if not method.needs_expert_config:
+        ctx.log(f"Expert scoring and selection skipped: the {method.name} method trains no expert selection.")
+        return {}
     if not out.exists():
         config = job_options.config_for(ScoringConfig, ctx.job.hyperparameters)
         ctx.lib.score(ctx.model_dir, ctx.training_path, out, config, progress=ctx.reporter)
@@ -124,7 +138,7 @@ def score(ctx: StepContext) -> dict[str, Any]:
 
 def select(ctx: StepContext) -> dict[str, Any]:
     out = ctx.work / EXPERT_CONFIG
-    if not out.exists():
+    if job_method(ctx.job).needs_expert_config and not out.exists():
         ctx.lib.select(ctx.work / SCORES, job_options.config_for(SelectionConfig, ctx.job.hyperparameters), out)
         experts = json.loads(out.read_text()).get("experts", {})
         chosen = {layer: ids for layer, ids in experts.items()}
@@ -141,9 +155,12 @@ def has_checkpoint(train_dir: Path) -> bool:
 def train(ctx: StepContext) -> dict[str, Any]:
     train_dir = ctx.work / TRAIN_DIR
     report_path = train_dir / TRAIN_REPORT
-    if (train_dir / ADAPTER_CONFIG_NAME).exists() and report_path.exists():
+    method = job_method(ctx.job)
+    marker = "config.json" if method.full_checkpoint else ADAPTER_CONFIG_NAME  # written last
+    if (train_dir / marker).exists() and report_path.exists():
         return {"trained_tokens": json.loads(report_path.read_text()).get("trained_tokens")}
     config = job_options.config_for(TrainingConfig, ctx.job.hyperparameters)
+    options = job_options.worker_values(method.config_cls, ctx.job.hyperparameters) if method.config_cls else {}
     resume = has_checkpoint(train_dir)
     if resume:
         ctx.log("Resuming training from the latest checkpoint.")
@@ -153,13 +170,15 @@ def train(ctx: StepContext) -> dict[str, Any]:
     result = ctx.lib.train(
         ctx.model_dir,
         ctx.training_path,
-        ctx.work / EXPERT_CONFIG,
+        ctx.work / EXPERT_CONFIG if method.needs_expert_config else None,
         train_dir,
         config,
         validation_path=ctx.validation_path,
         resume=resume,
         progress=ctx.reporter,
         should_stop=ctx.should_stop,
+        method=method.name,
+        method_options=options,
     )
     ctx.log(f"Training finished: {result.steps} steps, final loss {result.final_loss}.")
     return {"trained_tokens": result.trained_tokens}
@@ -217,14 +236,30 @@ def _result_file(session, ctx: StepContext) -> list[str]:
     return [existing.id]
 
 
+def _servable(ctx: StepContext) -> Path:
+    """What the registry stores: the expert adapter (ESFT, ESFT-LoRA), else the whole model with the result merged.
+
+    Methods that change dense weights (FFT, LoRA) are served as a model of their own: a full copy.
+    """
+    train_dir, method = ctx.work / TRAIN_DIR, job_method(ctx.job)
+    if method.name in EXPERT_SLOT_METHODS or method.full_checkpoint:
+        return train_dir
+    merged = ctx.work / MERGED_DIR
+    if not merged.exists():
+        ctx.lib.merge(ctx.model_dir, train_dir, merged)
+        ctx.log(f"The {method.name} result is merged into a full copy of the model for serving.")
+    return merged
+
+
 def register(ctx: StepContext) -> dict[str, Any]:
     from api.core.db.session import session_scope
     from api.services.jobs import adapter_name
     from api.services.registry import register_adapter
 
     name = adapter_name(ctx.job)
+    source = _servable(ctx)
     with session_scope(ctx.settings.database_url) as session:
-        register_adapter(session, ctx.storage, ctx.job, name, ctx.work / TRAIN_DIR)
+        register_adapter(session, ctx.storage, ctx.job, name, source)
         result_files = _result_file(session, ctx)
     ctx.log(f"New fine-tuned model created: {name}")
     return {"fine_tuned_model": name, "result_files": result_files}

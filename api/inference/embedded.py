@@ -80,6 +80,10 @@ class EnginePool:
                 code="adapter_base_mismatch",
                 param="model",
             )
+        if isinstance(found, Adapter) and registry.is_full_copy(found):
+            loaded = found.id in self.engines  # a model of its own, loaded (and its files checked) on demand
+            path = self.storage.path(found.storage_key) if loaded else registry.verify(self.storage, found)
+            return found.id, str(path)
         if isinstance(found, Adapter):
             self._adapters[model] = found
             self._owners[model] = found.project_id

@@ -1,5 +1,5 @@
-"""Fine-tuning jobs: the create request (``method.type`` ``esft`` or ``supervised``), the job object, events,
-checkpoints and the list pages (OpenAI's ``first_id``/``last_id``/``has_more``)."""
+"""Fine-tuning jobs: the create request (``method.type``: ``esft``, ``supervised`` or another registered method),
+the job object, events, checkpoints and the list pages (OpenAI's ``first_id``/``last_id``/``has_more``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.schemas.common import ListPage, StrictRequest
-from api.schemas.options import AutoValue, api_options, field_of, model_of
+from api.schemas.options import AutoValue, api_options, field_of, method_classes, model_of
 
 __all__ = [
     "AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method", "Resources", "SupervisedHyperparameters",
+    "params_model",
 ]
 
 
 JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
-MethodType = Literal["esft", "supervised"]
+MethodType = Literal["esft", "supervised", "esft_lora", "fft", "lora", "lora_experts"]
 # OpenAI's supervised hyperparameters; their meaning is the same as the ESFT options of the same names.
 SUPERVISED_OPTIONS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 JobPhase = Literal["validating", "scoring", "selecting", "training", "evaluating", "registering"]
@@ -36,6 +37,24 @@ SupervisedHyperparameters = model_of(
 _SEED_TYPE, _SEED_FIELD = field_of(next(o for o in api_options("job") if o.name == "seed"), default=None)
 
 
+ESFTLoRAParams = model_of(
+    "ESFTLoRAParams", "method", "ESFT-LoRA: ESFT's scoring and selection, then a low-rank delta of the given rank on "
+    "each selected expert only (every other weight frozen); and training hyperparameters.",
+    classes=method_classes("esft_lora"), hyperparameters=(Hyperparameters, Field(default_factory=Hyperparameters)),
+)
+FFTParams = model_of(
+    "FFTParams", "method", "Full fine-tuning: every parameter trains; the result is registered as a full copy of the "
+    "model (its bytes count in the project's storage); and training hyperparameters.",
+    classes=method_classes("fft"), hyperparameters=(Hyperparameters, Field(default_factory=Hyperparameters)),
+)
+LoRAParams = model_of(
+    "LoRAParams", "method", "LoRA (peft): `lora` on the attention projections, `lora_experts` on every routed "
+    "expert's fused parameters; the result is registered merged, as a full copy of the model; and training "
+    "hyperparameters.",
+    classes=method_classes("lora"), hyperparameters=(Hyperparameters, Field(default_factory=Hyperparameters)),
+)
+
+
 class SupervisedParams(StrictRequest):
     """``supervised``: the service's default method (ESFT with its default scoring and selection)."""
 
@@ -48,6 +67,15 @@ class Method(StrictRequest):
     type: MethodType = "esft"
     esft: ESFTParams | None = None  # type: ignore[valid-type]
     supervised: SupervisedParams | None = None
+    esft_lora: ESFTLoRAParams | None = None  # type: ignore[valid-type]
+    fft: FFTParams | None = None  # type: ignore[valid-type]
+    lora: LoRAParams | None = None  # type: ignore[valid-type]
+    lora_experts: LoRAParams | None = None  # type: ignore[valid-type]
+
+
+def params_model(method_type: str) -> type[StrictRequest]:
+    """The request model of ``method.<method_type>`` (its defaults are the method's defaults)."""
+    return Method.model_fields[method_type].annotation.__args__[0]  # type: ignore[union-attr]
 
 
 class Resources(StrictRequest):

@@ -12,8 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, create_model
 
 from api.schemas.common import StrictRequest
-from esft.config import CONFIG_CLASSES
+from esft.config import CONFIG_CLASSES, ScoringConfig, SelectionConfig
+from esft.methods import get_method
 from esft.options import Option, declared_options
+
+# Options of the expert scoring and selection that the methods training an expert selection share.
+SELECTION_CLASSES: tuple[type, ...] = (ScoringConfig, SelectionConfig)
 
 
 class AutoValue(StrEnum):
@@ -25,11 +29,23 @@ class AutoValue(StrEnum):
 Auto = Annotated[AutoValue, Field(strict=False)]
 
 
-def api_options(section: str) -> list[Option]:
+def method_classes(method_type: str) -> tuple[type, ...]:
+    """The config classes whose ``method``-section options a ``method.<type>`` object holds.
+
+    ESFT (and ``supervised``, ESFT's defaults): every library config (scoring, selection and the paper's
+    variant flags); a method that trains an expert selection: scoring and selection plus its own config
+    (``rank``, ...); any other: its own config. Hyperparameters are the training config's for every method.
+    """
+    if method_type in ("esft", "supervised"):
+        return CONFIG_CLASSES
+    spec = get_method(method_type)
+    own = (spec.config_cls,) if spec.config_cls is not None else ()
+    return (SELECTION_CLASSES if spec.needs_expert_config else ()) + own
+
+
+def api_options(section: str, classes: tuple[type, ...] = CONFIG_CLASSES) -> list[Option]:
     """The API-exposed options of one part of the job spec (``method``, ``hyperparameters`` or ``job``)."""
-    return [
-        o for cls in CONFIG_CLASSES for o in declared_options(cls) if "api" in o.expose and o.section == section
-    ]
+    return [o for cls in classes for o in declared_options(cls) if "api" in o.expose and o.section == section]
 
 
 def _value_type(opt: Option) -> Any:
@@ -57,7 +73,9 @@ def field_of(opt: Option, *, default: Any = ...) -> tuple[Any, Any]:
     return annotation, Field(default=default, description=description)
 
 
-def model_of(name: str, section: str, doc: str, *, only: tuple[str, ...] | None = None, **extra: Any) -> type:
-    """A strict request model with one field per API option of ``section`` (those named in ``only``), plus ``extra``."""
-    fields = {o.name: field_of(o) for o in api_options(section) if only is None or o.name in only}
+def model_of(name: str, section: str, doc: str, *, only: tuple[str, ...] | None = None,
+             classes: tuple[type, ...] = CONFIG_CLASSES, **extra: Any) -> type:
+    """A strict request model with one field per API option of ``section`` in ``classes`` (those named in
+    ``only``), plus ``extra``."""
+    fields = {o.name: field_of(o) for o in api_options(section, classes) if only is None or o.name in only}
     return create_model(name, __base__=StrictRequest, __doc__=doc, **fields, **extra)

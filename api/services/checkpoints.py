@@ -44,6 +44,7 @@ class CheckpointModel:
     base_model: str
     step: int
     created_at: datetime
+    method: str = "esft"  # the job's method.type: only ESFT checkpoints convert to adapters
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -62,7 +63,8 @@ def find(session: Session, project_id: str, name: str) -> CheckpointModel:
     row = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step))
     if row is None:
         raise not_found("model", name, param="model")
-    return CheckpointModel(name, job.id, job.project_id, job.model, step, row.created_at)
+    return CheckpointModel(name, job.id, job.project_id, job.model, step, row.created_at,
+                           job.method.get("type", "esft"))
 
 
 def _key(ckpt: CheckpointModel, *parts: str) -> str:
@@ -87,7 +89,15 @@ def available(storage: LocalStorage, ckpt: CheckpointModel) -> None:
 
 
 def adapter_dir(storage: LocalStorage, ckpt: CheckpointModel, model_dir: str | Path) -> Path:
-    """The checkpoint's adapter folder, converted on first use and cached under the job's storage."""
+    """The checkpoint's adapter folder, converted on first use and cached under the job's storage.
+
+    Raises:
+        ServiceError: 400 for a checkpoint of a job that trained another method than ESFT (its finished model
+            serves; its checkpoints hold optimizer state of other weights, not expert rows).
+    """
+    if ckpt.method not in ("esft", "supervised"):
+        raise ServiceError(400, f"Checkpoint {ckpt.name!r} is of a {ckpt.method} job; only ESFT checkpoints serve as "
+                           "models. Use the job's fine_tuned_model.", code="checkpoint_not_servable", param="model")
     target = storage.path(_key(ckpt, CACHE_DIR, f"step-{ckpt.step}"))
     if _complete(target):
         return target

@@ -11,37 +11,44 @@ from __future__ import annotations
 from typing import Any
 
 from api.core.settings import Settings
+from api.schemas.options import method_classes
 from esft.config import AUTO, CONFIG_CLASSES, DataFacts, resolve_auto
 from esft.errors import ConfigError
 from esft.options import Option, declared_options
 
 
-def _options() -> dict[str, Option]:
+def option_classes(method_type: str = "esft") -> tuple[type, ...]:
+    """Every config class a job of ``method_type`` sets: the library's configs plus the method's own config."""
+    return tuple(dict.fromkeys((*CONFIG_CLASSES, *method_classes(method_type))))
+
+
+def _options(method_type: str = "esft") -> dict[str, Option]:
     """API-exposed options by name (scoring and training share ``batch_size``/``seq_len``: training's wins)."""
-    return {o.name: o for cls in CONFIG_CLASSES for o in declared_options(cls) if "api" in o.expose}
+    return {o.name: o for cls in option_classes(method_type) for o in declared_options(cls) if "api" in o.expose}
 
 
 def api_path(name: str, method_type: str = "esft") -> str:
     """Where option ``name`` sits in the job spec, e.g. ``method.esft.hyperparameters.n_epochs``."""
-    opt = _options().get(name)
+    opt = _options(method_type).get(name)
     if opt is None or opt.section == "job":
         return name
     return f"method.{method_type}." + ("hyperparameters." if opt.section == "hyperparameters" else "") + name
 
 
-def service_defaults() -> dict[str, Any]:
+def service_defaults(method_type: str = "esft") -> dict[str, Any]:
     """The value of every API option a spec leaves out: ``auto`` where it has a rule, else the library default.
 
     A ``supervised`` job is exactly these defaults plus its three hyperparameters.
     """
-    return {o.name: AUTO if o.auto else o.default for o in _options().values() if o.section != "job"}
+    return {o.name: AUTO if o.auto else o.default for o in _options(method_type).values() if o.section != "job"}
 
 
 def spec_values(method: dict[str, Any], seed: int | None) -> dict[str, Any]:
     """The flat option values of a stored job spec, every option present (``auto`` kept as ``"auto"``)."""
-    params = dict(method.get(method.get("type", "esft")) or {})
+    method_type = method.get("type", "esft")
+    params = dict(method.get(method_type) or {})
     given = {k: v for k, v in params.items() if k != "hyperparameters"} | dict(params.get("hyperparameters") or {})
-    values = {**service_defaults(), **given}
+    values = {**service_defaults(method_type), **given}
     if seed is not None:
         values["seed"] = seed
     return values
@@ -61,7 +68,7 @@ def check(values: dict[str, Any], settings: Settings, method_type: str = "esft")
         value = values.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             problems.append((name, f"`{name}` is {value}, above this service's limit of {limit}"))
-    for cls in CONFIG_CLASSES:
+    for cls in option_classes(method_type):
         given = {o.name: values[o.name] for o in declared_options(cls) if values.get(o.name, AUTO) != AUTO}
         try:
             cls(**given)

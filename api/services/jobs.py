@@ -14,7 +14,6 @@ from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
 from api.schemas.jobs import (
-    ESFTParams,
     JobCreate,
     JobError,
     JobObject,
@@ -22,6 +21,7 @@ from api.schemas.jobs import (
     Method,
     Resources,
     SupervisedParams,
+    params_model,
 )
 from api.services import files, job_options
 from api.services.common import new_id, page_by_created, unix
@@ -50,17 +50,20 @@ def job_method(body: JobCreate) -> dict[str, Any]:
                           "`hyperparameters` without `method`, not both.", "hyperparameters")
         method = Method(type="supervised", supervised=SupervisedParams(hyperparameters=body.hyperparameters))
     method = method or Method()
-    other = "supervised" if method.type == "esft" else "esft"
-    if getattr(method, other) is not None:
-        raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
-                      f"{other!r} or leave it out.", f"method.{other}")
-    params = getattr(method, method.type) or (ESFTParams() if method.type == "esft" else SupervisedParams())
+    for other in Method.model_fields:
+        if other not in ("type", method.type) and getattr(method, other) is not None:
+            raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
+                          f"{other!r} or leave it out.", f"method.{other}")
+    params = getattr(method, method.type) or params_model(method.type)()
     return {"type": method.type, method.type: job_secrets.split(params)[0]}  # secrets are never stored
 
 
-def job_resources(body: JobCreate, settings: Settings) -> dict[str, Any]:
+def job_resources(body: JobCreate, settings: Settings, method_type: str) -> dict[str, Any]:
     """The stored ``resources``: checked against the devices this deployment's workers declare."""
     resources = body.resources or Resources()
+    if resources.gpus > 1 and method_type != "esft":
+        raise _refuse(f"multi-device jobs train method 'esft' only for now; run this {method_type!r} job with "
+                      "`resources.gpus` 1.", "resources.gpus", "unsupported_value")
     limit = settings.max_gpus_per_job
     if resources.gpus > limit:
         raise _refuse(f"`resources.gpus` is {resources.gpus}, but no worker of this service has more than {limit} "
@@ -87,13 +90,20 @@ def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
             )
 
 
+def checked_method(session: Session, settings: Settings, project_id: str, body: JobCreate) -> dict[str, Any]:
+    """The stored method of a request whose model, files and options all pass (else a 4xx ``ServiceError``)."""
+    method = job_method(body)
+    job_resources(body, settings, method["type"])
+    _check_inputs(session, project_id, body)
+    job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
+    return method
+
+
 def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
     """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
-    method = job_method(body)
-    resources = job_resources(body, settings)
-    _check_inputs(session, project_id, body)
+    method = checked_method(session, settings, project_id, body)
+    resources = job_resources(body, settings, method["type"])
     _, sent_secrets = job_secrets.split(body)
-    job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
     job = Job(
         id=new_id("ftjob"),
         project_id=project_id,

@@ -1,4 +1,5 @@
-"""The model registry: base models (registered by server path, with identity) and immutable ESFT adapters.
+"""The model registry: base models (registered by server path, with identity) and immutable fine-tuned results:
+expert adapters (ESFT, ESFT-LoRA) and full copies of the model (FFT, merged LoRA; ``is_full_copy``).
 Names of a job's checkpoints (``api.services.checkpoints``) are looked up here too, so ``/v1/models/{id}`` serves them.
 
 Adapters are copied into storage under a staging name and renamed into place, then recorded with a sha256
@@ -25,6 +26,7 @@ from esft.io import sha256_file
 from esft.models.identity import model_identity
 
 ADAPTER_IGNORE = ("checkpoints",)
+FULL_MODEL_MARKER = "config.json"  # a transformers model directory, not an adapter
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -208,8 +210,16 @@ def base_public(row: BaseModel) -> ModelObject:
     return ModelObject(id=row.id, created=unix(row.created_at), owned_by="system", kind="base", details=details)
 
 
+def is_full_copy(row: Adapter) -> bool:
+    """Whether a registered result is a whole model (FFT, merged LoRA), served by an engine of its own.
+
+    Its ``bytes`` are a full copy of the base model's, and count as such in the project's storage.
+    """
+    return FULL_MODEL_MARKER in row.manifest
+
+
 def adapter_public(row: Adapter) -> ModelObject:
-    details = {"bytes": row.bytes, "files": sorted(row.manifest)}
+    details = {"bytes": row.bytes, "files": sorted(row.manifest), "full_copy": is_full_copy(row)}
     return ModelObject(
         id=row.id,
         created=unix(row.created_at),

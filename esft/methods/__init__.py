@@ -1,4 +1,4 @@
-"""Fine-tuning methods, one folder each (``esft``, ``fft``, ``lora``), found through a small registry.
+"""Fine-tuning methods, one folder each (``esft``, ``esft_lora``, ``fft``, ``lora``), found through a small registry.
 
 Every method's model trains through the same loop (``esft.train``) and saves with ``save_pretrained``;
 ``load_adapter`` reloads whatever a method saved onto a fresh base model.
@@ -11,15 +11,16 @@ False
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from esft.errors import ConfigError
 
 # Importing each method's package registers it.
-from esft.methods import esft, fft, lora  # noqa: E402,F401,I001
+from esft.methods import esft, esft_lora, fft, lora  # noqa: E402,F401,I001
 from esft.methods.registry import Method, detect_method, get_method, method_names, register_method
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def get_model(method: str, model: nn.Module, config: Any = None) -> Any:

@@ -4,21 +4,25 @@ A method's model (``ESFTModel``, ``FFTModel``, ``LoRAModel``) is what the one tr
 (``esft.training.loop.train``) trains: it has ``model``, ``config``, ``trainable_parameters()``,
 ``describe()``, ``write_files(dir, metadata)``, ``save_pretrained(dir)``, ``fold()`` and the classmethod
 ``from_pretrained(base_model, dir)``. Adding a method is one folder under ``esft/methods/`` and one
-``register_method`` call in its ``__init__``.
+``register_method`` call in its ``__init__``. Registering imports no torch (a method's ``__init__`` imports
+its config and names its model functions with ``lazy``), so the service's control plane can read every
+method's options without loading torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from esft.constants import ADAPTER_CONFIG_NAME
 from esft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def method_names() -> list[str]:
 
     >>> import esft.methods
     >>> method_names()
-    ['esft', 'fft', 'lora']
+    ['esft', 'esft_lora', 'fft', 'lora', 'lora_experts']
     """
     return sorted(_METHODS)
 
@@ -97,3 +101,31 @@ def detect_method(directory: str | Path) -> Method:
             return method
     raise ConfigError(f"{directory} holds no adapter or model that a registered method wrote "
                       f"(found {kind or 'neither adapter_config.json nor config.json'})", param="adapter")
+
+
+def lazy(target: str) -> Callable[..., Any]:
+    """``"package.module:function"`` (or ``:Class.method``) as a callable importing the module on first call.
+
+    Keeps torch unloaded until a method is used.
+    """
+    module_name, _, path = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        found: Any = importlib.import_module(module_name)
+        for attr in path.split("."):
+            found = getattr(found, attr)
+        return found(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = path
+    return call
+
+
+def lazy_exports(exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``name`` from ``exports[name]`` (a module path) on first access."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(name)
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return __getattr__

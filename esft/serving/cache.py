@@ -60,13 +60,16 @@ class AdapterCache:
         resolver: ``name -> adapter directory`` (``None`` when unknown).
         budget_bytes: the most bytes of adapter tensors to keep.
         validate: called on every freshly loaded adapter (e.g. ``check_compatible`` with the base model).
+        load: reads an adapter directory into expert rows (default: an ESFT adapter as saved).
 
     >>> cache = AdapterCache(dict_resolver({"math": "out/adapter"}), budget_bytes=2**30)  # doctest: +SKIP
     >>> cache.get("math").adapter.nbytes  # doctest: +SKIP
     """
 
-    def __init__(self, resolver: Resolver, budget_bytes: int, validate: Validator | None = None):
+    def __init__(self, resolver: Resolver, budget_bytes: int, validate: Validator | None = None,
+                 load: Callable[[Path], ESFTAdapter] = ESFTAdapter.from_pretrained):
         self.resolver = resolver
+        self.load = load
         self.budget_bytes = budget_bytes
         self.validate = validate
         self._entries: OrderedDict[str, CachedAdapter] = OrderedDict()  # oldest first
@@ -131,7 +134,7 @@ class AdapterCache:
             )
         started = time.perf_counter()
         try:
-            adapter = ESFTAdapter.from_pretrained(path)
+            adapter = self.load(Path(path))
             if self.validate is not None:
                 self.validate(adapter)
         except ESFTError as exc:

@@ -25,6 +25,7 @@ from esft.adapters import check_compatible
 from esft.adapters.adapter import ESFTAdapter
 from esft.errors import AdapterMismatchError
 from esft.generation import encode_prompt, stop_token_ids
+from esft.methods.esft_lora.adapter import expert_rows_adapter
 from esft.models.discovery import find_moe_layers
 from esft.serving.batch import Row, RunningBatch
 from esft.serving.cache import AdapterCache, CachedAdapter, Resolver
@@ -82,7 +83,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.base_name = base_name
         self.layers = {layer.layer_index: layer for layer in find_moe_layers(model)}
-        self.cache = AdapterCache(resolver or (lambda _name: None), self.config.cache_bytes, self._validate)
+        self.cache = AdapterCache(resolver or (lambda _name: None), self.config.cache_bytes, self._validate,
+                                  load=self._read_adapter)
         self.slots = self._make_slots()
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         self.device = next(model.parameters()).device
@@ -271,6 +273,11 @@ class Engine:
         return wanted or allowed
 
     # ---------------------------------------------------------------------------------------- adapters
+
+    def _read_adapter(self, path: Path) -> ESFTAdapter:
+        """An adapter directory as expert rows: ESFT as saved, ESFT-LoRA materialised on the base rows."""
+        with self.weights_lock:  # the hot swap's snapshot is read while no step changes the weights
+            return expert_rows_adapter(path, self.model, self.swap.base_rows)
 
     def load_adapter(self, name: str) -> CachedAdapter:
         """Load an adapter into host memory now (it would otherwise load on first request)."""

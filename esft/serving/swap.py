@@ -100,6 +100,23 @@ class HotSwap:
             _copy(step, step.snapshot)
         self.active = None
 
+    @torch.no_grad()
+    def base_rows(self, key: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of parameter ``key`` as the base model has them, also while an adapter is applied."""
+        param = self.model.get_parameter(key)
+        rows = param.detach()[ids.to(param.device)].clone()
+        if self.active is None:
+            return rows
+        for step in self._plans[self.active][1]:
+            if step.param is param and step.ids is not None:
+                for i, expert in enumerate(ids.tolist()):
+                    hit = (step.ids == expert).nonzero()
+                    if hit.numel():
+                        rows[i] = step.snapshot[int(hit[0])]
+            elif step.param is param:
+                rows = step.snapshot[ids.to(param.device)].clone()
+        return rows
+
     def forget(self, name: str) -> None:
         """Drop the snapshot of ``name`` (e.g. after it was unloaded)."""
         if name != self.active:

@@ -65,6 +65,9 @@ def test_serve_then_quickstart(tmp_path):
             assert re.search(r"ft:esft-toy:proj-[0-9a-f]+:quickstart:ftjob-", first.stdout)
             # The same server answers through the OpenAI-compatible endpoint, base model and adapter.
             assert "POST /v1/chat/completions" in first.stdout and "model=esft-toy" in first.stdout
+            # The ESFT story: the task gain next to the general ability the adapter kept.
+            assert re.search(r"Task: base \d+% -> adapter \d+% \([+-]\d+ points\)", first.stdout), first.stdout
+            assert re.search(r"General ability \(\d+ questions\): base \d+%, adapter \d+%", first.stdout)
             again = _quickstart(port, data_dir, env, steps=2)
             assert again.returncode == 0 and "Reusing base model" in again.stdout
         finally:

@@ -199,3 +199,17 @@ class Adapter(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Comparison(Base):
+    """Several methods trained on the same files with the same budget (one job each), and their report."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(ForeignKey("base_models.id"))
+    methods: Mapped[list[Any]] = mapped_column(default=list)
+    job_ids: Mapped[list[Any]] = mapped_column(default=list)
+    report: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # set once every job has ended
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

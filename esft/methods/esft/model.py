@@ -134,7 +134,7 @@ class ESFTModel:
         return cls(base_model, adapter.expert_config, find_moe_layers(base_model))
 
 
-def _use_sentinel_safe_kernel(model: nn.Module) -> None:
+def use_sentinel_safe_kernel(model: nn.Module) -> None:
     impl = getattr(model.config, "_experts_implementation", None)
     if impl not in SENTINEL_SAFE_KERNELS and hasattr(model, "set_experts_implementation"):
         model.set_experts_implementation("grouped_mm")
@@ -171,7 +171,7 @@ def get_esft_model(
     config = as_expert_config(expert_config)
     layers = find_moe_layers(model)
     config.check_model(identity_of(model.config), {ly.layer_index: ly.num_experts for ly in layers})
-    _use_sentinel_safe_kernel(model)
+    use_sentinel_safe_kernel(model)
     model.requires_grad_(False)
     prepared = ESFTModel(model, config, layers)
     for layer in layers:

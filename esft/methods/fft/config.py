@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from esft.errors import ConfigError
+from esft.options import option
 
 
 @dataclass
@@ -15,8 +16,8 @@ class FFTConfig:
     True
     """
 
-    train_embeddings: bool = field(
-        default=True, metadata={"help": "also train the input embeddings and the output head"})
+    train_embeddings: bool = option(True, "also train the input embeddings and the output head", section="method",
+                                    expose=("api", "worker"))
 
     def __post_init__(self) -> None:
         if not isinstance(self.train_embeddings, bool):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from esft.errors import ConfigError
+from esft.options import option
+
+_METHOD = {"section": "method", "expose": ("api", "worker")}
 
 
 @dataclass
@@ -20,8 +23,8 @@ class LoRAConfig:
     16
     """
 
-    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
-    alpha: int = field(default=16, metadata={"help": "LoRA scale numerator (the update is scaled by alpha / r)"})
+    rank: int = option(8, "LoRA rank r", ge=1, **_METHOD)
+    alpha: int = option(16, "LoRA scale numerator (the update is scaled by alpha / r)", ge=1, **_METHOD)
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "nn.Linear module names to adapt; default: every attention projection"})
     target_parameters: list[str] | None = field(

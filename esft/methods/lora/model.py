@@ -11,6 +11,7 @@ from torch import nn
 from esft.errors import ConfigError
 from esft.io import write_directory_atomic
 from esft.methods.lora.config import LoRAConfig
+from esft.models.discovery import find_moe_layers
 
 
 def _peft():
@@ -100,3 +101,16 @@ def get_lora_model(model: nn.Module, config: LoRAConfig | None = None) -> LoRAMo
             param="lora",
         )
     return LoRAModel(wrapped, config)
+
+
+def get_lora_experts_model(model: nn.Module, config: LoRAConfig | None = None) -> LoRAModel:
+    """LoRA on every routed expert's fused parameters (peft's ``target_parameters``), attention untouched.
+
+    The strongest LoRA on an MoE model that peft offers: one low-rank update per expert, on all experts of
+    every MoE layer (ESFT-LoRA puts them on the selected experts only).
+    """
+    config = config or LoRAConfig()
+    targets = sorted({f"{ly.experts_name}.{name}" for ly in find_moe_layers(model) for name in ly.expert_params
+                      if model.get_parameter(f"{ly.experts_name}.{name}").dim() == 3})
+    return get_lora_model(model, LoRAConfig(rank=config.rank, alpha=config.alpha, target_modules=[],
+                                            target_parameters=targets))

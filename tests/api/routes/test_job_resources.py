@@ -53,3 +53,9 @@ def test_bad_gpus_are_400_naming_resources_gpus_and_store_nothing(
 def test_unknown_resource_is_400(client, auth, base_model, training_file):
     body = {**job_body(base_model, training_file), "resources": {"gpus": 2, "tpus": 1}}
     assert_error(client.post(JOBS, json=body, headers=auth), 400, param="resources.tpus")
+
+
+def test_multi_device_jobs_are_esft_only_for_now(client, auth, base_model, training_file):
+    body = {**job_body(base_model, training_file), "method": {"type": "fft"}, "resources": {"gpus": 2}}
+    assert_error(client.post(JOBS, json=body, headers=auth), 400, code="unsupported_value", param="resources.gpus")
+    assert client.get(JOBS, headers=auth).json()["data"] == []

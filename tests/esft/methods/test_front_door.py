@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from esft import ESFTModel, get_esft_model, get_fft_model, get_lora_model, load_adapter
+from esft.methods.esft_lora import ESFTLoRAConfig, ESFTLoRAModel, get_esft_lora_model
 from esft.methods.fft import FFTModel
-from esft.methods.lora import LoRAModel
+from esft.methods.lora import LoRAModel, get_lora_experts_model
 from esft.models.toy import toy_model
 
 FAMILY, SIZE = "qwen3_moe", {"layers": 2, "experts": 4}
@@ -17,8 +18,11 @@ PREPARE = {
     "esft": lambda model: get_esft_model(model, OFFICIAL_FORMAT),
     "fft": get_fft_model,
     "lora": get_lora_model,
+    "lora_experts": get_lora_experts_model,
+    "esft_lora": lambda model: get_esft_lora_model(model, ESFTLoRAConfig(rank=2, expert_config=OFFICIAL_FORMAT)),
 }
-LOAD = {"esft": ESFTModel.from_pretrained, "fft": FFTModel.from_pretrained, "lora": LoRAModel.from_pretrained}
+LOAD = {"esft": ESFTModel.from_pretrained, "fft": FFTModel.from_pretrained, "lora": LoRAModel.from_pretrained,
+        "lora_experts": LoRAModel.from_pretrained, "esft_lora": ESFTLoRAModel.from_pretrained}
 
 
 def _base():
@@ -42,7 +46,7 @@ def _adamw_steps(prepared, ids, steps=3):
     return trainable, optimizer
 
 
-@pytest.mark.parametrize("method", ["esft", "fft", "lora"])
+@pytest.mark.parametrize("method", sorted(PREPARE))
 def test_train_save_and_load_on_a_fresh_base(method, tmp_path):
     ids = torch.randint(10, 200, (2, 12), generator=torch.Generator().manual_seed(0))
     before = _logits(_base(), ids)

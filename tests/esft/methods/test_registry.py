@@ -11,8 +11,8 @@ from esft.methods import Method, detect_method, get_method, method_names, regist
 
 
 def test_every_method_is_registered_with_what_it_needs():
-    assert method_names() == ["esft", "fft", "lora"]
-    assert [get_method(n).needs_expert_config for n in method_names()] == [True, False, False]
+    assert method_names() == ["esft", "esft_lora", "fft", "lora", "lora_experts"]
+    assert [get_method(n).needs_expert_config for n in method_names()] == [True, True, False, False, False]
     assert get_method("fft").full_checkpoint and not get_method("lora").full_checkpoint
 
 
@@ -25,7 +25,9 @@ def test_a_name_is_registered_once():
 
 def test_saved_directories_are_recognised_or_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
-    assert detect_method(tmp_path).name == "lora"
+    assert detect_method(tmp_path).name == "lora"  # lora_experts writes the same peft directories
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "ESFT_LORA"}))
+    assert detect_method(tmp_path).name == "esft_lora"
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING"}))
     with pytest.raises(ConfigError, match="PREFIX_TUNING") as refused:
         detect_method(tmp_path)
