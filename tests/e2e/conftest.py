@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,7 @@ ENV = {
     "ESFT_EVAL_MAX_EXAMPLES": "4",
     "ESFT_EVAL_MAX_NEW_TOKENS": "4",
     "ESFT_EVENT_THROTTLE_S": "0.2",
+    "OMP_NUM_THREADS": "1",  # bit-identical resumes, and two cores shared with the tests
 }
 
 
@@ -109,16 +111,23 @@ class Service:
             after = f"&after={page['data'][-1]['id']}"
 
 
-@pytest.fixture
-def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: F811
+@contextmanager
+def running_service(tmp_path: Path, model_dir: Path, **extra_env: str) -> Iterator[Service]:
+    """The API on a thread and one worker process; ``extra_env`` (``ESFT_*``) reaches both (e.g. a broker URL)."""
     data_dir = tmp_path / "data"
-    env = {**os.environ, **ENV, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **ENV, **extra_env, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     env.pop("DATABASE_URL", None)
-    settings = Settings(data_dir=data_dir, **{k[5:].lower(): v for k, v in ENV.items()})
+    fields = Settings.model_fields
+    overrides = {  # a field by its name, else by its alias (ESFT_BROKER_URL)
+        k[5:].lower() if k[5:].lower() in fields else k: v
+        for k, v in {**ENV, **extra_env}.items()
+        if k.startswith("ESFT_")
+    }
+    settings = Settings(data_dir=data_dir, **overrides)
     upgrade(settings.database_url)
     key = ensure_default_key(settings)
     with session_scope(settings.database_url) as session:
-        add_base_model(session, "toy", str(toy_model_dir), roots=None)
+        add_base_model(session, "toy", str(model_dir), roots=None)
     app = create_app(settings, queue=CeleryQueue(settings), migrate=False)
     mount_inference_pool(app, EngineConfig(max_new_tokens=16))  # as `esft serve` does: engines load on first use
     with LiveServer(app) as server:
@@ -129,6 +138,12 @@ def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: 
         finally:
             svc.kill_worker()  # jobs are over; a warm shutdown (tested with `esft serve`) only costs time
             svc.http.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: F811
+    with running_service(tmp_path, toy_model_dir) as svc:
+        yield svc
 
 
 @pytest.fixture
