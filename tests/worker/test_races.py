@@ -18,6 +18,8 @@ from tests.worker.test_runner import WorkerDied, create, events, get, run_until
 from worker.progress import Heartbeat
 from worker.reaper import reap_once
 
+pytestmark = pytest.mark.db  # also on PostgreSQL
+
 
 def _db(settings):
     return session_scope(settings.database_url)
