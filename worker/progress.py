@@ -40,7 +40,7 @@ class LeaseLost(Cancelled):
 class Heartbeat:
     """Context manager: a daemon thread that renews the lease every ``interval`` seconds."""
 
-    def __init__(self, url: str, job_id: str, owner: str, *, ttl_s: float, interval_s: float, token: int = 0):
+    def __init__(self, url: str, job_id: str, owner: str, *, token: int, ttl_s: float, interval_s: float):
         self.url, self.job_id, self.owner, self.token = url, job_id, owner, token
         self.ttl_s, self.interval_s = ttl_s, interval_s
         self.stop_requested = threading.Event()

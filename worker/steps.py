@@ -50,7 +50,7 @@ class StepContext:
     reporter: ProgressReporter | None
     should_stop: Callable[[], bool]
     log: Callable[..., None]
-    token: int = 0  # the lease generation this step runs under (fencing token)
+    token: int  # the lease generation this step runs under (fencing token)
 
 
 def _model_facts(model_dir: Path) -> tuple[Callable[[str], int] | None, int | None]:
