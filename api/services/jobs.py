@@ -9,10 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.core import runs
+from api.core.artifacts import adapter_key
 from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.schemas.jobs import ESFTParams, JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams
 from api.services import files, job_options
 from api.services.common import new_id, page_by_created, unix
@@ -119,7 +121,8 @@ def list_jobs(
     return page_by_created(session, query, Job, after=after, limit=limit)
 
 
-def cancel(session: Session, project_id: str, job_id: str) -> Job:
+def cancel(session: Session, storage: LocalStorage, project_id: str, job_id: str) -> Job:
+    """Cancel; an adapter the register step copied meanwhile goes too (its row goes in ``runs.cancel``)."""
     job = get(session, project_id, job_id)
     if not runs.cancel(session, job):
         raise ServiceError(
@@ -128,6 +131,7 @@ def cancel(session: Session, project_id: str, job_id: str) -> Job:
             code="job_not_cancellable",
             param="fine_tuning_job_id",
         )
+    storage.delete(adapter_key(job_id))
     return job
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.core.artifacts import adapter_key
 from api.core.db.models import Adapter, BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.storage import LocalStorage
@@ -98,7 +99,7 @@ def register_adapter(
     existing = session.scalar(select(Adapter).where(Adapter.job_id == job.id))
     if existing is not None:
         return existing
-    key = f"adapters/{job.id}"
+    key = adapter_key(job.id)
     if not storage.exists(key):
         storage.commit_tree(source, key, ignore=lambda _dir, names: [n for n in names if n in ADAPTER_IGNORE])
     manifest = _manifest(storage.path(key))

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from api.core import runs
-from api.core.artifacts import job_key
+from api.core.artifacts import adapter_key, job_key
 from api.core.db.models import Adapter, Checkpoint, Job, JobEvent
 from api.core.db.session import session_scope
 from api.services import registry
@@ -66,8 +66,7 @@ def test_an_adapter_registered_while_the_job_is_cancelled_is_not_kept(
         assert session.scalar(select(func.count()).select_from(Adapter).where(Adapter.job_id == job_id)) == 0
     models = client.get("/v1/models", headers=auth).json()["data"]
     assert job_id not in [m.get("fine_tuning_job") for m in models]
-    if moment == "while_copying":
-        assert not (settings.storage_dir / "adapters" / job_id).exists()
+    assert not (settings.storage_dir / adapter_key(job_id)).exists()  # nor its files
 
 
 def test_the_reaper_keeps_the_order_of_steps_waiting_in_a_long_queue(
