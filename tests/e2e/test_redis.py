@@ -29,7 +29,7 @@ from tests.e2e.conftest import Service, running_service
 from tests.redis_support import RedisServer
 from tests.service_support import chat_rows, job_body, jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
