@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import free_port
-
 DATABASES = ("sqlite", "postgresql")
 _TEMPLATE = "esft_template"
 
@@ -37,6 +35,8 @@ class PostgresServer:
     """``initdb`` + ``postgres`` in a temporary folder; ``new_database()`` copies the migrated template."""
 
     def __init__(self) -> None:
+        from tests.service_support import free_port
+
         self.root = Path(tempfile.mkdtemp(prefix="esft-pg-"))
         self.port = free_port()
         self.process: subprocess.Popen | None = None
