@@ -36,20 +36,22 @@ _TYPES = {
 }
 
 
-def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+def error_body(
+    status: int, message: str, code: str | None, param: str | None, kind: str | None = None
+) -> dict[str, Any]:
+    kind = kind or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, code: str | None, param: str | None = None, headers=None):
-    return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
+def error_response(status: int, message: str, code: str | None, param: str | None = None, headers=None, kind=None):
+    return JSONResponse(error_body(status, message, code, param, kind), status_code=status, headers=headers)
 
 
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status == 409:
         headers.setdefault("x-should-retry", "false")  # the openai SDK retries 409 unless told not to
-    return error_response(exc.status, exc.message, exc.code, exc.param, headers)
+    return error_response(exc.status, exc.message, exc.code, exc.param, headers, exc.type)
 
 
 async def _library_error(_: Request, exc: ESFTError) -> JSONResponse:

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from api.core.db.session import session_factory
 from api.core.queue import CeleryQueue, Queue
+from api.core.ratelimit import buckets_for
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.deps import get_principal
@@ -21,12 +22,15 @@ from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.operations import TAG as INFERENCE_TAG
 from api.inference.operations import DocumentOnly, inference_router
 from api.limits import BodyLimitMiddleware
-from api.routes import admin, files, health, jobs, models
+from api.metrics import mount_metrics
+from api.observe import ObserveMiddleware
+from api.routes import admin, files, health, jobs, keys, models
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
     {"name": "fine_tuning", "description": "ESFT jobs, their events, checkpoints and artifacts."},
     {"name": "models", "description": "Base models and trained ESFT adapters."},
+    {"name": "keys", "description": "API keys: list and revoke (admin keys: every project)."},
     {"name": "admin", "description": "Operator actions (admin key)."},
     {"name": "health", "description": "Probes; no API key needed."},
     INFERENCE_TAG,
@@ -111,8 +115,9 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     app.state.session_factory = session_factory(settings.database_url)
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
+    app.state.rate_buckets = buckets_for(settings.shared_redis_url)
     app.state.shutdown_hooks = []
-    for module in (files, jobs, models, admin, health):
+    for module in (files, jobs, models, keys, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(
@@ -122,5 +127,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
         upload_paths=("/v1/files",),
     )
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(ObserveMiddleware)  # outermost: every response gets its request id, logged and timed
+    mount_metrics(app, app.state.session_factory)
     app.openapi = _custom_openapi(app)
     return app

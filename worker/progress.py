@@ -149,7 +149,7 @@ class ProgressReporter:
     def record_checkpoint(self, step: int, path: str, metrics: dict[str, Any]) -> None:
         try:
             with session_scope(self.url) as session:
-                if not runs.fenced(session, self.job_id, self.token):
+                if not runs.fenced(session, self.job_id, self.token, ended_ok=True):
                     return
                 session.add(
                     Checkpoint(

@@ -145,18 +145,19 @@ def heartbeat(session: Session, job_id: str, owner: str, ttl_s: float) -> Beat:
     return Beat(holds_lease=result.rowcount == 1, stop_reason=reason)
 
 
-def fenced(session: Session, job_id: str, token: int, **values: Any) -> bool:
+def fenced(session: Session, job_id: str, token: int, *, ended_ok: bool = False, **values: Any) -> bool:
     """Lock the job row for the rest of ``session``'s transaction if ``token`` is still its lease generation.
 
     Call it first in the transaction that writes a checkpoint row, metrics event or adapter row and write only
     when it returns True: the row lock (PostgreSQL) or write lock (SQLite) holds until commit, so a claim by a
     replacement, or a cancel, is ordered entirely before or after the write. ``values`` are set on the job too.
+    ``ended_ok``: the token alone decides, also once the job ended (the checkpoint a cancelled step saves as it
+    stops is still recorded; an adapter never is).
     """
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_generation == token, Job.status.not_in(TERMINAL))
-        .values(heartbeat_at=now(), **values)
-    )
+    query = update(Job).where(Job.id == job_id, Job.lease_generation == token)
+    if not ended_ok:
+        query = query.where(Job.status.not_in(TERMINAL))
+    result = session.execute(query.values(heartbeat_at=now(), **values))
     return result.rowcount == 1
 
 

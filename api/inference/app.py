@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.routes import create_inference_router
+from api.metrics import mount_metrics
+from api.observe import ObserveMiddleware
 from esft.serving import Engine, EngineConfig, Resolver, dict_resolver
 
 
@@ -79,6 +81,8 @@ def create_inference_app(
     )
     install_error_handlers(app)
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(ObserveMiddleware)
+    mount_metrics(app)
     return app
 
 

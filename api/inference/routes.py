@@ -126,7 +126,10 @@ class InferenceRoutes:
         return text_completion(meta, await _results(pending), texts)
 
     async def list_adapters(self, request: Request) -> Any:
-        return EngineState(data=await call((await run_in_threadpool(self.engine, request, None)).stats))
+        stats = await call((await run_in_threadpool(self.engine, request, None)).stats)
+        if (visible := getattr(self.engine, "visible", None)) is not None:  # the service scopes it to the caller
+            stats = visible(request, stats)
+        return EngineState(data=stats)
 
     async def load(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)
@@ -139,7 +142,10 @@ class InferenceRoutes:
 
     async def pin(self, name: str, request: Request, body: AdapterPin | None = None) -> Any:
         engine = await self._allowed(request, name)
-        return _adapter_state(await call(engine.pin_adapter, name, True if body is None else body.pinned))
+        pinned = True if body is None else body.pinned
+        if pinned and (check := getattr(self.engine, "check_pin", None)) is not None:  # the service's quota
+            await run_in_threadpool(check, request, engine, name)
+        return _adapter_state(await call(engine.pin_adapter, name, pinned))
 
     async def unpin(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)

@@ -121,11 +121,13 @@ def register_adapter(
     return row
 
 
-def list_models(session: Session, project_id: str) -> list[ModelObject]:
+def list_models(session: Session, project_id: str | None) -> list[ModelObject]:
+    """Base models and the project's adapters (every project's when ``project_id`` is None: an admin key)."""
     bases = session.scalars(select(BaseModel).order_by(BaseModel.created_at)).all()
-    adapters = session.scalars(
-        select(Adapter).where(Adapter.project_id == project_id).order_by(Adapter.created_at)
-    ).all()
+    query = select(Adapter).order_by(Adapter.created_at)
+    if project_id is not None:
+        query = query.where(Adapter.project_id == project_id)
+    adapters = session.scalars(query).all()
     return [base_public(b) for b in bases] + [adapter_public(a) for a in adapters]
 
 

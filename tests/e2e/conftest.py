@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -111,23 +110,31 @@ class Service:
             after = f"&after={page['data'][-1]['id']}"
 
 
-@contextmanager
-def running_service(tmp_path: Path, model_dir: Path, **extra_env: str) -> Iterator[Service]:
-    """The API on a thread and one worker process; ``extra_env`` (``ESFT_*``) reaches both (e.g. a broker URL)."""
-    data_dir = tmp_path / "data"
-    env = {**os.environ, **ENV, **extra_env, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
-    env.pop("DATABASE_URL", None)
+@pytest.fixture
+def service_env() -> dict[str, str]:
+    """Settings (``ESFT_*``) of the API and the worker on top of ``ENV``; override it in a test module."""
+    return {}
+
+
+def _settings_kwargs(configured: dict[str, str]) -> dict[str, str]:
+    """``ESFT_*`` variables as Settings arguments: a field by its name, else by its alias (``ESFT_BROKER_URL``)."""
     fields = Settings.model_fields
-    overrides = {  # a field by its name, else by its alias (ESFT_BROKER_URL)
-        k[5:].lower() if k[5:].lower() in fields else k: v
-        for k, v in {**ENV, **extra_env}.items()
-        if k.startswith("ESFT_")
+    return {
+        k[5:].lower() if k[5:].lower() in fields else k: v for k, v in configured.items() if k.startswith("ESFT_")
     }
-    settings = Settings(data_dir=data_dir, **overrides)
+
+
+@pytest.fixture
+def service(tmp_path: Path, toy_model_dir: Path, service_env: dict[str, str]) -> Iterator[Service]:  # noqa: F811
+    data_dir = tmp_path / "data"
+    configured = {**ENV, **service_env}
+    env = {**os.environ, **configured, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    env.pop("DATABASE_URL", None)
+    settings = Settings(data_dir=data_dir, **_settings_kwargs(configured))
     upgrade(settings.database_url)
     key = ensure_default_key(settings)
     with session_scope(settings.database_url) as session:
-        add_base_model(session, "toy", str(model_dir), roots=None)
+        add_base_model(session, "toy", str(toy_model_dir), roots=None)
     app = create_app(settings, queue=CeleryQueue(settings), migrate=False)
     mount_inference_pool(app, EngineConfig(max_new_tokens=16))  # as `esft serve` does: engines load on first use
     with LiveServer(app) as server:
@@ -138,12 +145,6 @@ def running_service(tmp_path: Path, model_dir: Path, **extra_env: str) -> Iterat
         finally:
             svc.kill_worker()  # jobs are over; a warm shutdown (tested with `esft serve`) only costs time
             svc.http.close()
-
-
-@pytest.fixture
-def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: F811
-    with running_service(tmp_path, toy_model_dir) as svc:
-        yield svc
 
 
 @pytest.fixture

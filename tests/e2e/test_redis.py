@@ -25,7 +25,7 @@ from api.core.settings import Settings
 from api.services import job_options
 from esft.config import TrainingConfig
 from esft.constants import ADAPTER_WEIGHTS_NAME, CHECKPOINTS_DIR
-from tests.e2e.conftest import Service, running_service
+from tests.e2e.conftest import Service
 from tests.redis_support import RedisServer
 from tests.service_support import chat_rows, job_body, jsonl
 
@@ -43,11 +43,10 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def redis_service(tmp_path: Path, toy_model_dir: Path, redis: RedisServer) -> Iterator[Service]:
-    # Undelivered steps are re-sent only after 5 minutes: a queued message must survive the restart in Redis.
-    extra = {"ESFT_BROKER_URL": redis.url, "ESFT_REQUEUE_UNDELIVERED_AFTER_S": "300"}
-    with running_service(tmp_path, toy_model_dir, **extra) as svc:
-        yield svc
+def service_env(redis: RedisServer) -> dict[str, str]:
+    """The API and worker on Redis; undelivered steps re-sent only after 5 minutes, so a queued message must
+    survive the restart in Redis itself."""
+    return {"ESFT_BROKER_URL": redis.url, "ESFT_REQUEUE_UNDELIVERED_AFTER_S": "300"}
 
 
 class LeaseWatcher:
@@ -145,8 +144,7 @@ def _assert_outcome(service: Service, job_id: str, run_dir: Path, toy_model_dir:
         assert (expected[name] - got[name]).abs().max().item() <= 1e-6, name
 
 
-def test_worker_sigkilled_mid_training_on_redis(redis_service, tmp_path, toy_model_dir):
-    service = redis_service
+def test_worker_sigkilled_mid_training_on_redis(service, tmp_path, toy_model_dir):
     job_id = _submit(service, steps=160, save_every=4)
     with LeaseWatcher(_settings(service).database_url, job_id) as watcher:
         _wait_checkpoint(service, job_id)
@@ -161,8 +159,7 @@ def test_worker_sigkilled_mid_training_on_redis(redis_service, tmp_path, toy_mod
     _assert_outcome(service, job_id, run_dir, toy_model_dir, resume=True)
 
 
-def test_redis_restarted_mid_job(redis_service, redis, tmp_path, toy_model_dir):
-    service = redis_service
+def test_redis_restarted_mid_job(service, redis, tmp_path, toy_model_dir):
     job_id = _submit(service, steps=120, save_every=4)
     queued = _submit(service, steps=2, save_every=2)  # waits in Redis behind the first job (one worker)
     with LeaseWatcher(_settings(service).database_url, job_id) as watcher:

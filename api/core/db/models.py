@@ -55,6 +55,7 @@ class Project(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # overrides of the settings' limits
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -67,6 +68,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # overrides; win over the project's
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -112,6 +114,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {"gpus": N}; None: one device
     status: Mapped[str] = mapped_column(String(32), index=True)
     phase: Mapped[str | None] = mapped_column(String(32), default=None)
     step: Mapped[str] = mapped_column(String(32), default="validate")

@@ -4,8 +4,8 @@ A worker carries the generation it claimed with into every write that is not on 
 (checkpoint rows, metrics events, the adapter row, checkpoint files); a write whose generation is no longer
 the job's is refused, so a stalled worker and its replacement never both write.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
