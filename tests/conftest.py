@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres_support import DATABASES, database, database_url, postgres_server  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked ``db`` run on SQLite and on a real PostgreSQL server (tests/postgres_support.py)."""
+    if metafunc.definition.get_closest_marker("db") and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", DATABASES, indirect=True)
 
 
 def pytest_configure(config):

@@ -68,9 +68,11 @@ def toy_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    """Embedded-mode settings in a temporary data dir; on PostgreSQL for tests marked ``db`` (second run)."""
     return Settings(
         data_dir=tmp_path / "data",
+        database_url_override=database_url,
         min_examples=4,
         heartbeat_interval_s=0.2,
         event_throttle_s=0.0,

@@ -3,6 +3,12 @@
 The heartbeat thread renews the job's lease and turns a stop request (cancel, pause, worker shutdown: the
 job's ``stop_reason``) or a lost lease into ``should_stop()``; the training loop polls it every step, saves a
 checkpoint and stops, so the device is free within about one heartbeat interval.
+
+Every write of a step that is not on the jobs row carries the step's fencing token (``runs.fenced``): metrics
+events, checkpoint rows and log events; and before each training step's checkpoint the token is checked, so a
+stalled worker whose lease was taken over raises ``LeaseLost`` instead of writing beside its replacement.
+Metrics events of a step number already recorded (by a run that crashed after its last checkpoint) are not
+written again: each step appears at most once among a job's metrics.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.core import runs
-from api.core.db.models import Checkpoint
+from api.core.db.models import Checkpoint, Job, JobEvent
 from api.core.db.session import session_scope
 from api.services.common import new_id
 
@@ -26,11 +33,15 @@ class Cancelled(Exception):
     """A stop was requested (cancel, pause, shutdown) or this worker lost its lease while a step was running."""
 
 
+class LeaseLost(Cancelled):
+    """Another claim holds the job now (this worker stalled past its lease): write nothing more."""
+
+
 class Heartbeat:
     """Context manager: a daemon thread that renews the lease every ``interval`` seconds."""
 
-    def __init__(self, url: str, job_id: str, owner: str, *, ttl_s: float, interval_s: float):
-        self.url, self.job_id, self.owner = url, job_id, owner
+    def __init__(self, url: str, job_id: str, owner: str, *, token: int, ttl_s: float, interval_s: float):
+        self.url, self.job_id, self.owner, self.token = url, job_id, owner, token
         self.ttl_s, self.interval_s = ttl_s, interval_s
         self.stop_requested = threading.Event()
         self.lease_lost = threading.Event()
@@ -39,6 +50,18 @@ class Heartbeat:
 
     def should_stop(self) -> bool:
         return self.stop_requested.is_set()
+
+    def fenced_should_stop(self) -> bool:
+        """``should_stop`` for training, polled before each checkpoint: raises ``LeaseLost`` on a stale token."""
+        with session_scope(self.url) as session:
+            holds = runs.holds_token(session, self.job_id, self.token)
+        if not holds:
+            with session_scope(self.url) as session:
+                status = session.scalar(select(Job.status).where(Job.id == self.job_id))
+            if status not in runs.TERMINAL:  # cancelled: stop (and checkpoint) as asked, not as a lost lease
+                self.lease_lost.set()
+                raise LeaseLost(f"job {self.job_id}: fencing token {self.token} is stale")
+        return self.should_stop()
 
     def beat(self) -> None:
         with session_scope(self.url) as session:
@@ -72,6 +95,22 @@ class ProgressReporter:
         self.heartbeat = heartbeat
         self.throttle_s = throttle_s
         self._last = 0.0
+        self._recorded: dict[str, int] | None = None  # highest step number with a metrics event, by phase
+
+    @property
+    def token(self) -> int:
+        return self.heartbeat.token
+
+    def _already_recorded(self, session, phase: str, step: int) -> bool:
+        if self._recorded is None:
+            self._recorded = {}
+            query = select(JobEvent.data).where(JobEvent.job_id == self.job_id, JobEvent.type == "metrics")
+            rows = session.scalars(query)
+            for data in rows:
+                if data and isinstance(data.get("step"), int):
+                    name = data.get("phase", "")
+                    self._recorded[name] = max(self._recorded.get(name, 0), data["step"])
+        return step <= self._recorded.get(phase, 0)
 
     def __call__(self, event: Any) -> None:
         if event.phase != "training" and self.heartbeat.should_stop():
@@ -95,15 +134,23 @@ class ProgressReporter:
                     "seconds_remaining": event.eta_s,
                     "trained_tokens": event.trained_tokens,
                 }
-            if runs.update_owned(session, self.job_id, self.owner, **values):
-                message = f"{event.phase.capitalize()} step {event.step}/{event.total_steps}"
-                if event.loss is not None:
-                    message += f": loss {event.loss:.4f}"
-                runs.add_event(session, self.job_id, message, type="metrics", data=data)
+            if not runs.fenced(session, self.job_id, self.token, **values):
+                return
+            if self._already_recorded(session, event.phase, event.step):
+                session.commit()
+                return
+            message = f"{event.phase.capitalize()} step {event.step}/{event.total_steps}"
+            if event.loss is not None:
+                message += f": loss {event.loss:.4f}"
+            runs.add_event(session, self.job_id, message, type="metrics", data=data)
+            session.commit()
+            self._recorded[event.phase] = event.step
 
     def record_checkpoint(self, step: int, path: str, metrics: dict[str, Any]) -> None:
         try:
             with session_scope(self.url) as session:
+                if not runs.fenced(session, self.job_id, self.token, ended_ok=True):
+                    return
                 session.add(
                     Checkpoint(
                         id=new_id("ftckpt"),

@@ -2,7 +2,8 @@
 
 Outcomes: the next step is dispatched; the job fails with a user-facing error; or the step stops on request
 (cancelled, paused, or released because its worker is shutting down: ``runs.stopped``), or because the
-lease was lost (another worker owns the job now, so nothing is written).
+lease was lost (another worker owns the job now, so nothing is written). The lease's generation (the
+fencing token ``runs.claim`` returns) goes with every write the step makes outside the jobs row.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from esft.errors import ESFTError, TrainingCancelled
 from worker.library import get_library
-from worker.progress import Cancelled, Heartbeat, ProgressReporter
+from worker.progress import Cancelled, Heartbeat, LeaseLost, ProgressReporter
 from worker.steps import STEP_FUNCTIONS, StepContext, StepFailed
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,11 @@ def _file_path(session, storage: LocalStorage, job: Job, param: str) -> Path | N
     return storage.path(row.storage_key)
 
 
-def _event_logger(url: str, job_id: str):
+def _event_logger(url: str, job_id: str, token: int):
     def log_event(message: str, *, level: str = "info", type: str = "message", data: dict | None = None) -> None:
         with session_scope(url) as session:
-            runs.add_event(session, job_id, message, level=level, type=type, data=data)
+            if runs.fenced(session, job_id, token):
+                runs.add_event(session, job_id, message, level=level, type=type, data=data)
 
     return log_event
 
@@ -85,8 +87,9 @@ def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartb
         training_path=training,
         validation_path=validation,
         reporter=reporter,
-        should_stop=heartbeat.should_stop,
-        log=_event_logger(settings.database_url, job_id),
+        should_stop=heartbeat.fenced_should_stop,
+        log=_event_logger(settings.database_url, job_id, heartbeat.token),
+        token=heartbeat.token,
     )
 
 
@@ -107,6 +110,9 @@ def _fail(settings: Settings, job_id: str, owner: str, code: str, message: str, 
 def _execute(settings: Settings, step: str, job_id: str, owner: str, heartbeat: Heartbeat) -> dict[str, Any] | str:
     try:
         return STEP_FUNCTIONS[step](build_context(settings, job_id, owner, heartbeat))
+    except LeaseLost:
+        log.warning("job %s: fencing token %s is stale during %s; writing nothing", job_id, heartbeat.token, step)
+        return "lease_lost"
     except (Cancelled, TrainingCancelled):
         return _stopped(settings, job_id, owner, step, heartbeat)
     except ESFTError as exc:  # StepFailed, library errors and ServiceErrors alike: code, message, param
@@ -143,6 +149,7 @@ def run_step(
         owner,
         ttl_s=settings.lease_ttl_s,
         interval_s=settings.heartbeat_interval_s,
+        token=claim.token,
     ) as heartbeat:
         outcome = _execute(settings, step, job_id, owner, heartbeat)
     if isinstance(outcome, str):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from api.core import runs
 from api.core.artifacts import EXPERT_CONFIG, METRICS_CSV, SCORES, TRAIN_DIR, TRAIN_REPORT, VALIDATION_REPORT, job_key
 from api.core.db.models import Job
 from api.core.settings import Settings
@@ -26,7 +28,7 @@ from esft.io import sha256_file, write_json_atomic
 from esft.methods import Method, get_method
 from worker.evaluation import evaluate
 from worker.library import Library
-from worker.progress import ProgressReporter
+from worker.progress import Cancelled, ProgressReporter
 
 EXPERT_SLOT_METHODS = ("esft", "esft_lora")  # results served through the base model's expert slots
 MERGED_DIR = "merged"
@@ -52,6 +54,7 @@ class StepContext:
     reporter: ProgressReporter | None
     should_stop: Callable[[], bool]
     log: Callable[..., None]
+    token: int  # the lease generation this step runs under (fencing token)
 
 
 def _model_facts(model_dir: Path) -> tuple[Callable[[str], int] | None, int | None]:
@@ -258,8 +261,10 @@ def register(ctx: StepContext) -> dict[str, Any]:
 
     name = adapter_name(ctx.job)
     source = _servable(ctx)
+    fence = partial(runs.fenced, job_id=ctx.job.id, token=ctx.token)
     with session_scope(ctx.settings.database_url) as session:
-        register_adapter(session, ctx.storage, ctx.job, name, source)
+        if register_adapter(session, ctx.storage, ctx.job, name, source, fence=fence) is None:
+            raise Cancelled(f"job {ctx.job.id}: not registered (cancelled, or another worker holds it)")
         result_files = _result_file(session, ctx)
     ctx.log(f"New fine-tuned model created: {name}")
     return {"fine_tuned_model": name, "result_files": result_files}

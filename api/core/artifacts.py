@@ -35,3 +35,8 @@ CONTENT_TYPES = {
 def job_key(job_id: str) -> str:
     """The storage key of a job's folder."""
     return f"jobs/{job_id}"
+
+
+def adapter_key(job_id: str) -> str:
+    """The storage key of the adapter a job registered."""
+    return f"adapters/{job_id}"

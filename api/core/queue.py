@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from api.core.private import private_dir
 from api.core.settings import Settings
 
 STEPS = ("validate", "score", "select", "train", "evaluate", "register")
@@ -19,10 +20,11 @@ class Queue(Protocol):
 
 
 def ensure_broker_dirs(settings: Settings) -> None:
-    """kombu's filesystem transport does not create its folders; do it before anyone connects."""
+    """kombu's filesystem transport does not create its folders; do it (private: 0700) before anyone connects."""
     if settings.broker_url.startswith("filesystem"):
+        private_dir(settings.broker_dir)
         for name in ("queue", "control", "processed"):
-            (settings.broker_dir / name).mkdir(parents=True, exist_ok=True)
+            private_dir(settings.broker_dir / name)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -2,7 +2,13 @@
 
 The ``jobs`` row is the system of record. A step runs only under the dispatch id it was sent with and only
 while its worker holds the row's lease (renewed by heartbeats); every write from a worker is conditional on
-holding the lease and on the job not being terminal, so a stale or duplicate copy can never win.
+holding the lease and on the job not being terminal, so a stale or duplicate copy can never win. Each
+acquisition increments ``jobs.lease_generation``: the fencing token a worker carries into the writes that are
+not on the jobs row (checkpoints, metrics events, the adapter row; ``fenced``), so a stalled worker whose lease
+was taken over can never write beside its replacement.
+
+Transitions the API makes (cancel, pause, resume) are compare-and-set UPDATEs on the status the caller saw, so
+a cancel can never overwrite a job that has just succeeded.
 
 Cancel, pause and a worker's graceful shutdown are one mechanism: a stop request with a reason
 (``jobs.stop_reason``) that the running step sees at its next heartbeat; training then saves a checkpoint and
@@ -19,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from api.core.db.models import Job, JobEvent
+from api.core.db.models import Adapter, Job, JobEvent
 from api.core.queue import STEPS, Queue
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -76,6 +82,7 @@ def dispatch(session: Session, job: Job, step: str, queue: Queue) -> str:
 class Claim:
     ok: bool
     reason: str = ""
+    token: int | None = None  # the lease generation (fencing token) this claim holds
 
 
 def claim(session: Session, job_id: str, step: str, dispatch_id: str, owner: str, ttl_s: float) -> Claim:
@@ -86,6 +93,7 @@ def claim(session: Session, job_id: str, step: str, dispatch_id: str, owner: str
         "lease_expires_at": t + timedelta(seconds=ttl_s),
         "heartbeat_at": t,
         "attempts": Job.attempts + 1,
+        "lease_generation": Job.lease_generation + 1,
         "phase": PHASES[step],
     }
     if step != "validate":
@@ -101,8 +109,9 @@ def claim(session: Session, job_id: str, step: str, dispatch_id: str, owner: str
         session.execute(
             update(Job).where(Job.id == job_id, Job.started_at.is_(None), Job.status == "running").values(started_at=t)
         )
+        token = session.scalar(select(Job.lease_generation).where(Job.id == job_id))
         session.commit()
-        return Claim(True)
+        return Claim(True, token=token)
     session.rollback()
     job = session.get(Job, job_id)
     if job is None:
@@ -134,6 +143,28 @@ def heartbeat(session: Session, job_id: str, owner: str, ttl_s: float) -> Beat:
     row = session.execute(select(Job.stop_reason, Job.status).where(Job.id == job_id)).one_or_none()
     reason = "cancel" if row is None or row[1] in TERMINAL else row[0]
     return Beat(holds_lease=result.rowcount == 1, stop_reason=reason)
+
+
+def fenced(session: Session, job_id: str, token: int, *, ended_ok: bool = False, **values: Any) -> bool:
+    """Lock the job row for the rest of ``session``'s transaction if ``token`` is still its lease generation.
+
+    Call it first in the transaction that writes a checkpoint row, metrics event or adapter row and write only
+    when it returns True: the row lock (PostgreSQL) or write lock (SQLite) holds until commit, so a claim by a
+    replacement, or a cancel, is ordered entirely before or after the write. ``values`` are set on the job too.
+    ``ended_ok``: the token alone decides, also once the job ended (the checkpoint a cancelled step saves as it
+    stops is still recorded; an adapter never is).
+    """
+    query = update(Job).where(Job.id == job_id, Job.lease_generation == token)
+    if not ended_ok:
+        query = query.where(Job.status.not_in(TERMINAL))
+    result = session.execute(query.values(heartbeat_at=now(), **values))
+    return result.rowcount == 1
+
+
+def holds_token(session: Session, job_id: str, token: int) -> bool:
+    """A read-only check of the fencing token (before work that cannot share a transaction, like files)."""
+    row = session.execute(select(Job.lease_generation, Job.status).where(Job.id == job_id)).one_or_none()
+    return row is not None and row[0] == token and row[1] not in TERMINAL
 
 
 def update_owned(session: Session, job_id: str, owner: str, **values: Any) -> bool:
@@ -194,16 +225,34 @@ def release(session: Session, job_id: str, owner: str) -> None:
     session.commit()
 
 
-def cancel(session: Session, job: Job) -> bool:
-    """End the job now (also a paused one); a running step sees the stop request at its next heartbeat."""
-    if job.status in TERMINAL:
+def _transition(session: Session, job: Job, *conditions: Any, **values: Any) -> bool:
+    """Compare-and-set: apply ``values`` only if the row still matches ``conditions``; refresh ``job`` either way."""
+    result = session.execute(
+        update(Job).where(Job.id == job.id, *conditions).values(**values).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        session.refresh(job)
         return False
-    job.stop_reason = "cancel"
-    job.status = "cancelled"
-    job.finished_at = now()
-    job.seconds_remaining = None
-    add_event(session, job.id, f"Job cancelled (during {job.phase or job.status}).")
+    return True
+
+
+def cancel(session: Session, job: Job) -> bool:
+    """End the job now (also a paused one); a running step sees the stop request at its next heartbeat.
+
+    The adapter row of a job that is cancelled while registering goes in the same transaction: the register
+    step writes it under the job's row lock (``fenced``), so it is either refused or already visible here.
+    """
+    phase = job.phase or job.status
+    if not _transition(
+        session, job, Job.status.not_in(TERMINAL),
+        stop_reason="cancel", status="cancelled", finished_at=now(), seconds_remaining=None,
+    ):
+        return False
+    session.execute(delete(Adapter).where(Adapter.job_id == job.id))
+    add_event(session, job.id, f"Job cancelled (during {phase}).")
     session.commit()
+    session.refresh(job)
     return True
 
 
@@ -211,22 +260,25 @@ def pause(session: Session, job: Job) -> bool:
     """Ask the job to pause: at once when no step runs, else at the running step's next checkpoint."""
     if job.status in INACTIVE or job.stop_reason:
         return False
-    job.stop_reason = "pause"
-    if job.lease_owner is None:
-        job.status = "paused"
-        job.seconds_remaining = None
+    active = (Job.status.not_in(INACTIVE), Job.stop_reason.is_(None))
+    if _transition(session, job, *active, Job.lease_owner.is_(None),
+                   stop_reason="pause", status="paused", seconds_remaining=None):
         add_event(session, job.id, "Job paused.")
-    else:
+    elif _transition(session, job, *active, Job.lease_owner.is_not(None), stop_reason="pause"):
         add_event(session, job.id, f"Pause requested; stopping {job.phase or 'the step'} at a checkpoint.")
+    else:
+        return False
     session.commit()
+    session.refresh(job)
     return True
 
 
 def resume(session: Session, job: Job, queue: Queue) -> bool:
     """Dispatch a paused job's step again; training continues from its latest checkpoint."""
-    if job.status != "paused":
+    status = "validating_files" if job.step == "validate" else "queued"
+    if job.status != "paused" or not _transition(session, job, Job.status == "paused", status=status):
         return False
-    job.status = "validating_files" if job.step == "validate" else "queued"
+    session.refresh(job)
     add_event(session, job.id, f"Job resumed at step {job.step!r}.")
     dispatch(session, job, job.step, queue)  # clears the stop request
     return True
@@ -281,7 +333,9 @@ def reap(session: Session, queue: Queue, *, undelivered_after_s: float) -> list[
     """Re-dispatch steps whose lease expired (worker died) or that nobody picked up for too long.
 
     Paused jobs are never reaped; a job whose worker died while pausing becomes ``paused``; a step its worker
-    released when shutting down is re-enqueued at once.
+    released when shutting down is re-enqueued at once. A step still waiting in a long queue is sent again under
+    the SAME dispatch id, oldest first: its original message keeps its place (whichever copy arrives first runs,
+    the other is skipped), so a busy queue never sends its oldest jobs to the back.
     """
     t = now()
     released = select(Job).where(
@@ -295,12 +349,29 @@ def reap(session: Session, queue: Queue, *, undelivered_after_s: float) -> list[
     )
     redispatched = []
     jobs = {job.id: job for query in (stale, released, lost) for job in session.scalars(query)}
-    for job in jobs.values():
+    for job in sorted(jobs.values(), key=lambda j: (j.dispatched_at or j.created_at, j.created_at)):
         if job.stop_reason == "pause" and _settle_pause(session, job.id):
             continue
-        why = (f"worker {job.lease_owner} stopped heartbeating" if job.lease_owner
-               else "its worker shut down" if job.stop_reason == "shutdown" else "step was never picked up")
-        add_event(session, job.id, f"Re-enqueued step {job.step!r}: {why}.", level="warn")
-        dispatch(session, job, job.step, queue)
+        if job.lease_owner is None and job.stop_reason is None:
+            _resend(session, job, queue)
+        else:
+            why = f"worker {job.lease_owner} stopped heartbeating" if job.lease_owner else "its worker shut down"
+            add_event(session, job.id, f"Re-enqueued step {job.step!r}: {why}.", level="warn")
+            dispatch(session, job, job.step, queue)
         redispatched.append(job.id)
     return redispatched
+
+
+def _resend(session: Session, job: Job, queue: Queue) -> None:
+    """Send a waiting step's message again under its current dispatch id (in case the broker lost it)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.dispatch_id == job.dispatch_id, Job.lease_owner.is_(None))
+        .values(dispatched_at=now())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        add_event(session, job.id, f"Sent step {job.step!r} again: not picked up yet; it keeps its place.")
+    session.commit()
+    if result.rowcount == 1:
+        queue.send(job.step, job.id, job.dispatch_id)

@@ -82,8 +82,8 @@ def retrieve_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_i
     response_model=JobObject,
     responses=error_responses(409),
 )
-def cancel_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id: str) -> JobObject:
-    return jobs.to_public(session, jobs.cancel(session, principal.project_id, fine_tuning_job_id))
+def cancel_job(principal: PrincipalDep, session: SessionDep, storage: StorageDep, fine_tuning_job_id: str) -> JobObject:
+    return jobs.to_public(session, jobs.cancel(session, storage, principal.project_id, fine_tuning_job_id))
 
 
 @router.post(

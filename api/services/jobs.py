@@ -9,10 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.core import job_secrets, runs
+from api.core.artifacts import adapter_key
 from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
+from api.core.storage import LocalStorage
 from api.schemas.jobs import (
     JobCreate,
     JobError,
@@ -152,7 +154,8 @@ def list_jobs(
     return page_by_created(session, query, Job, after=after, limit=limit)
 
 
-def cancel(session: Session, project_id: str, job_id: str) -> Job:
+def cancel(session: Session, storage: LocalStorage, project_id: str, job_id: str) -> Job:
+    """Cancel; an adapter the register step copied meanwhile goes too (its row goes in ``runs.cancel``)."""
     job = get(session, project_id, job_id)
     if not runs.cancel(session, job):
         raise ServiceError(
@@ -161,6 +164,7 @@ def cancel(session: Session, project_id: str, job_id: str) -> Job:
             code="job_not_cancellable",
             param="fine_tuning_job_id",
         )
+    storage.delete(adapter_key(job_id))
     return job
 
 

@@ -8,12 +8,13 @@ manifest; a half-written adapter is never visible and every download re-checks t
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.core.artifacts import adapter_key
 from api.core.db.models import Adapter, BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.storage import LocalStorage
@@ -106,15 +107,32 @@ def _manifest(root: Path) -> dict[str, dict]:
     }
 
 
-def register_adapter(session: Session, storage: LocalStorage, job: Job, name: str, source: Path) -> Adapter:
-    """Copy a trained adapter into the registry (idempotent on the job); returns the registry row."""
+def register_adapter(
+    session: Session,
+    storage: LocalStorage,
+    job: Job,
+    name: str,
+    source: Path,
+    *,
+    fence: Callable[[Session], bool] | None = None,
+) -> Adapter | None:
+    """Copy a trained adapter into the registry (idempotent on the job); returns the registry row.
+
+    ``fence`` runs in the transaction that inserts the row, after the files are copied (a worker's fencing
+    token check, which also locks the job row against a concurrent cancel); when it refuses, nothing is
+    recorded, the copy is removed and None is returned.
+    """
     existing = session.scalar(select(Adapter).where(Adapter.job_id == job.id))
     if existing is not None:
         return existing
-    key = f"adapters/{job.id}"
+    key = adapter_key(job.id)
     if not storage.exists(key):
         storage.commit_tree(source, key, ignore=lambda _dir, names: [n for n in names if n in ADAPTER_IGNORE])
     manifest = _manifest(storage.path(key))
+    if fence is not None and not fence(session):
+        session.rollback()
+        storage.delete(key)
+        return None
     row = Adapter(
         id=name,
         project_id=job.project_id,

@@ -9,6 +9,8 @@ from api.core.db.models import ApiKey
 from api.core.db.session import session_scope
 from tests.service_support import assert_error, job_body
 
+pytestmark = pytest.mark.db  # also on PostgreSQL
+
 PROTECTED = [
     ("GET", "/v1/files"),
     ("POST", "/v1/fine_tuning/jobs"),

@@ -1,86 +1,19 @@
-"""The migrations and the lease queries on PostgreSQL (skipped where psycopg or the server is missing)."""
+"""The migrations and the lease queries on PostgreSQL (skipped where psycopg or the server is missing); the route
+tests marked ``db`` run on PostgreSQL as well (tests/postgres_support.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
-import time
-from pathlib import Path
-
 import pytest
-
-from tests.service_support import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _binary(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
-
-
-def _wait_ready(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine, deadline = create_engine(url), time.monotonic() + 20
-    while True:
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            engine.dispose()
-            return
-        except Exception:
-            assert time.monotonic() < deadline, "postgres did not start"
-            time.sleep(0.2)
-
-
 @pytest.fixture
-def postgres_url():
-    pytest.importorskip("psycopg")
-    initdb, postgres = _binary("initdb"), _binary("postgres")
-    if not initdb or not postgres:
-        pytest.skip("PostgreSQL is not installed")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="esft-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres", "postgres")
-    subprocess.run(
-        [*as_user, initdb, "-D", str(root / "data"), "--auth=trust", "--no-sync", "-U", "esft"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            *as_user,
-            postgres,
-            "-D",
-            str(root / "data"),
-            "-p",
-            str(port),
-            "-k",
-            str(root),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"postgresql+psycopg://esft@127.0.0.1:{port}/postgres"
-    try:
-        _wait_ready(url)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
+def postgres_url(postgres_server):
+    """A database of the session's server (tests/postgres_support.py), migrated to head."""
+    name = postgres_server.new_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
 
 
 def test_migrations_and_leases_on_postgres(postgres_url):
@@ -92,6 +25,7 @@ def test_migrations_and_leases_on_postgres(postgres_url):
     from api.core.db.session import make_engine, session_scope
     from api.core.migrate import downgrade, upgrade
 
+    downgrade(postgres_url)  # the template is at head: the whole chain, down and up again
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
     with engine.connect() as connection:

@@ -36,6 +36,7 @@ ENV = {
     "ESFT_EVAL_MAX_EXAMPLES": "4",
     "ESFT_EVAL_MAX_NEW_TOKENS": "4",
     "ESFT_EVENT_THROTTLE_S": "0.2",
+    "OMP_NUM_THREADS": "1",  # bit-identical resumes, and two cores shared with the tests
 }
 
 
@@ -115,13 +116,21 @@ def service_env() -> dict[str, str]:
     return {}
 
 
+def _settings_kwargs(configured: dict[str, str]) -> dict[str, str]:
+    """``ESFT_*`` variables as Settings arguments: a field by its name, else by its alias (``ESFT_BROKER_URL``)."""
+    fields = Settings.model_fields
+    return {
+        k[5:].lower() if k[5:].lower() in fields else k: v for k, v in configured.items() if k.startswith("ESFT_")
+    }
+
+
 @pytest.fixture
 def service(tmp_path: Path, toy_model_dir: Path, service_env: dict[str, str]) -> Iterator[Service]:  # noqa: F811
     data_dir = tmp_path / "data"
     configured = {**ENV, **service_env}
     env = {**os.environ, **configured, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     env.pop("DATABASE_URL", None)
-    settings = Settings(data_dir=data_dir, **{k[5:].lower(): v for k, v in configured.items()})
+    settings = Settings(data_dir=data_dir, **_settings_kwargs(configured))
     upgrade(settings.database_url)
     key = ensure_default_key(settings)
     with session_scope(settings.database_url) as session:

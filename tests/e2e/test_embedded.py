@@ -119,6 +119,10 @@ def test_warm_worker_shutdown_checkpoints_and_the_next_worker_continues(service,
     assert "Worker shutting down: stopped during training; the next worker continues." in messages
     stopped_at = service.http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["progress"]["fraction"]
     assert stopped_at < 1
+    trained = [e["data"]["step"] for e in service.events(job["id"])
+               if e["type"] == "metrics" and e["data"].get("phase") == "training"]
+    saved = service.http.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    assert saved and saved[0]["step_number"] == max(trained)  # the step it was on, not the last save_every
     service.start_worker()
     deadline = time.monotonic() + 60
     while "Resuming training from the latest checkpoint." not in messages:

@@ -148,6 +148,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the fencing token
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     stop_reason: Mapped[str | None] = mapped_column(String(16), default=None)  # cancel, pause or shutdown
     progress: Mapped[float | None] = mapped_column(Float, default=None)

@@ -10,6 +10,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.core.private import private_file
+
 _ENGINES: dict[tuple, Engine] = {}
 
 
@@ -34,7 +36,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_t
         path = make_url(url).database
         memory = not path or path == ":memory:"
         if not memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(path))  # key hashes and job specs: not world-readable
         connect = {"timeout": 30, "check_same_thread": False}
         engine = create_engine(url, connect_args=connect, **({} if memory else pool))
         event.listen(engine, "connect", _sqlite_pragmas)

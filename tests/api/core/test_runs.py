@@ -11,6 +11,8 @@ from api.core.db.models import Job
 from api.core.db.session import session_scope
 from tests.service_support import job_body
 
+pytestmark = pytest.mark.db  # also on PostgreSQL
+
 OWNER = "host:100:200:abcd"
 
 

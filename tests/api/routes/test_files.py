@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select
 
 from api.core.db.models import File
 from api.core.db.session import session_scope
 from tests.openai_objects import check_openai
 from tests.service_support import assert_error, chat_rows, jsonl
+
+pytestmark = pytest.mark.db  # also on PostgreSQL
 
 
 def _stored(settings) -> tuple[int, list]:

@@ -11,6 +11,8 @@ from esft.config import DEFAULT_LEARNING_RATE
 from tests.openai_objects import check_openai
 from tests.service_support import assert_error, chat_rows, job_body, jsonl
 
+pytestmark = pytest.mark.db  # also on PostgreSQL
+
 JOBS = "/v1/fine_tuning/jobs"
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from tests.openai_objects import check_openai
 from tests.service_support import assert_error
+
+pytestmark = pytest.mark.db  # also on PostgreSQL
 
 
 def test_register_base_model_over_http(client, auth, settings, toy_model_dir, tmp_path):
