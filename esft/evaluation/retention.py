@@ -7,14 +7,31 @@ the base's file scores and the mean of the adapter's (every suite metric is on t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from esft.errors import ConfigError
 from esft.evaluation.metrics import LLM_JUDGE, TEXT_METRICS
+from esft.evaluation.task import EvaluationResult, generate_answers, load_examples, score_answers
 
 SUITE_METRICS = tuple(TEXT_METRICS)
 """Metrics a general-ability file may use (no judge: suites are scored without outside calls)."""
+
+
+@dataclass(frozen=True)
+class GeneralFile:
+    """A general-ability file (chat or prompt/completion JSONL) and the metric that scores it."""
+
+    name: str
+    path: Path
+    metric: str
+
+    def __post_init__(self) -> None:
+        if self.metric not in SUITE_METRICS:
+            raise ConfigError(f"general-ability file {self.name!r}: metric {self.metric!r} is not one of "
+                              f"{list(SUITE_METRICS)}", param="metric")
 
 
 @dataclass(frozen=True)
@@ -58,3 +75,35 @@ def headline(task_delta: float | None, task_metric: str | None, kept_ratio: floa
     if kept_ratio is not None:
         parts.append(f"general ability {kept_ratio:.0%} kept")
     return ", ".join(parts)
+
+
+def evaluate_retention(
+    engine,
+    files: Sequence[GeneralFile],
+    *,
+    models: Mapping[str, str],
+    max_examples: int | None = None,
+    max_new_tokens: int = 64,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[dict[str, Any], dict[str, EvaluationResult]]:
+    """Evaluate ``models`` (labels ``base`` and ``adapter`` -> engine model names) on every file.
+
+    Every file's prompts go to the engine in one submission. Returns the ``retention`` report and each
+    file's full result (answers and per-example scores).
+    """
+    if set(models) != {"base", "adapter"}:
+        raise ConfigError(f"models must name 'base' and 'adapter', got {sorted(models)}", param="models")
+    examples = {f.name: load_examples(f.path, max_examples) for f in files}
+    prompts = [e.prompt for f in files for e in examples[f.name]]
+    engine.start()
+    answers = generate_answers(engine, prompts, list(dict.fromkeys(models.values())),
+                               max_new_tokens=max_new_tokens, should_stop=should_stop)
+    results, scores, start = {}, [], 0
+    for f in files:
+        n = len(examples[f.name])
+        given = {label: answers[name][start:start + n] for label, name in models.items()}
+        start += n
+        result = score_answers(examples[f.name], {"base": given["base"], "adapter": given["adapter"]}, [f.metric])
+        results[f.name] = result
+        scores.append(FileScore(f.name, f.metric, n, result.mean("base"), result.mean("adapter")))
+    return retention(scores), results
