@@ -24,6 +24,7 @@ from api.core.queue import Queue
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from esft.errors import ESFTError, TrainingCancelled
+from worker.evaluation import general_files
 from worker.library import get_library
 from worker.progress import Cancelled, Heartbeat, ProgressReporter
 from worker.steps import STEP_FUNCTIONS, StepContext, StepFailed
@@ -69,6 +70,7 @@ def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartb
         base = session.get(BaseModel, job.model)
         training = _file_path(session, storage, job, "training_file")
         validation = _file_path(session, storage, job, "validation_file")
+        general = general_files(session, storage, job, base.general_suite if base is not None else None)
         session.expunge(job)
     if base is None or not Path(base.path).is_dir():
         raise StepFailed("model_not_found", f"The base model {job.model!r} is no longer available.", param="model")
@@ -87,6 +89,7 @@ def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartb
         reporter=reporter,
         should_stop=heartbeat.should_stop,
         log=_event_logger(settings.database_url, job_id),
+        general_files=general,
     )
 
 

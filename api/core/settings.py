@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     event_throttle_s: float = Field(default=1.0, description="at most one metrics event per this many seconds")
     eval_max_examples: int = Field(default=32, description="examples the evaluate step generates answers for")
     eval_max_new_tokens: int = Field(default=32, description="longest answer generated during evaluation")
+    max_eval_examples: int = Field(default=1000, ge=1, description="most examples a job may ask to evaluate")
+    outbound_url_allowlist: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes or host names the service may call for users (LLM judges, webhooks); "
+        "empty: none",
+    )
+    judge_api_key: str | None = Field(default=None, description="bearer token sent to LLM-judge endpoints")
+    judge_timeout_s: float = Field(default=30.0, gt=0, description="per call to an LLM-judge endpoint")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N for this worker")
     parent_pid: int | None = Field(default=None, description="embedded worker: shut down when this process dies")
 

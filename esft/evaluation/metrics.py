@@ -7,7 +7,7 @@ contains Chinese characters, ``13a`` otherwise; with ``13a`` a Chinese sentence 
 characters split one per token (rouge-score's own tokenizer keeps only ``[a-z0-9]`` and scores Chinese 0).
 ``llm_judge`` is not a text function: a model grades each answer 1-10 (``esft.evaluation.judge``).
 
-``esft.evaluation.exact_match`` (teacher forcing) is the same exact match for greedy decoding, computed in
+``esft.evaluation.teacher_forcing.exact_match`` is the same exact match for greedy decoding, computed in
 one forward pass; the functions here score answers that were actually generated.
 """
 
@@ -87,6 +87,8 @@ TEXT_METRICS: dict[str, Callable[[str, str], float]] = {
 }
 METRIC_NAMES: tuple[str, ...] = (*TEXT_METRICS, LLM_JUDGE)
 """Every metric a job may ask for, in the order reports list them."""
+SUITE_METRICS: tuple[str, ...] = tuple(TEXT_METRICS)
+"""Metrics a general-ability file may use (no judge: suites are scored without outside calls)."""
 SCALES: dict[str, tuple[float, float]] = {**{name: (0.0, 100.0) for name in TEXT_METRICS}, LLM_JUDGE: (1.0, 10.0)}
 
 

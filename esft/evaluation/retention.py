@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from esft.errors import ConfigError
-from esft.evaluation.metrics import LLM_JUDGE, TEXT_METRICS
+from esft.evaluation.metrics import LLM_JUDGE, SUITE_METRICS
 from esft.evaluation.task import EvaluationResult, generate_answers, load_examples, score_answers
-
-SUITE_METRICS = tuple(TEXT_METRICS)
-"""Metrics a general-ability file may use (no judge: suites are scored without outside calls)."""
 
 
 @dataclass(frozen=True)
