@@ -58,6 +58,43 @@ def general_files(session, storage, job, suite: list[dict[str, Any]] | None) -> 
     return found
 
 
+def _answers(
+    model_dir: Path, adapter_dir: Path, prompts: list[Any], *, max_new_tokens: int,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, list[str]]:
+    """Greedy answers of the base model and of the trained result, batched through serving engines.
+
+    Results the engine serves as adapters (ESFT) are hot-swapped in the base model's engine (no expert
+    slots: evaluation mixes no adapters). Any other method's result (full fine-tune, LoRA) is folded into a
+    second copy of the model served by an engine of its own.
+    """
+    from esft.errors import ESFTError
+    from esft.evaluation.task import generate_answers
+    from esft.serving import Engine, EngineConfig, ServingError, dict_resolver
+
+    weights = sum(p.stat().st_size for p in adapter_dir.glob("*.safetensors"))
+    config = EngineConfig(batching="swap", max_batch_size=16, max_new_tokens=max_new_tokens,
+                          cache_bytes=max(EngineConfig.cache_bytes, 2 * weights))
+    with Engine.from_pretrained(model_dir, resolver=dict_resolver({ADAPTER: adapter_dir}), config=config,
+                                base_name="base") as engine:
+        try:
+            engine.load_adapter(ADAPTER)
+            models = ["base", ADAPTER]
+        except (ServingError, ESFTError):
+            models = ["base"]
+        answers = generate_answers(engine, prompts, models, max_new_tokens=max_new_tokens, should_stop=should_stop)
+    if ADAPTER not in answers:
+        from esft.methods import load_adapter
+        from esft.models.loading import load_model
+
+        model, tokenizer = load_model(model_dir, device=config.device)
+        tuned = load_adapter(model, adapter_dir).fold()
+        with Engine(tuned, tokenizer, config=config, base_name=ADAPTER) as engine:
+            answers.update(generate_answers(engine, prompts, [ADAPTER], max_new_tokens=max_new_tokens,
+                                            should_stop=should_stop))
+    return {"base": answers["base"], "adapter": answers[ADAPTER]}
+
+
 def compare_models(
     model_dir: Path,
     adapter_dir: Path,
@@ -70,28 +107,20 @@ def compare_models(
     max_examples: int | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
-    """Base vs adapter through one serving engine: the task result, the retention report (None without
-    general files) and each general file's full result.
+    """Base vs trained result on the task and the general-ability files: the task result, the retention
+    report (None without general files) and each general file's full result. All prompts (task and
+    general) are generated in one submission per model."""
+    from esft.evaluation.retention import load_general, score_retention
+    from esft.evaluation.task import score_answers
 
-    The engine hot-swaps the adapter for its batches (no expert slots: evaluation mixes no adapters), and
-    every prompt of a kind is submitted at once, so answers are generated in batches.
-    """
-    from esft.evaluation.retention import evaluate_retention
-    from esft.evaluation.task import evaluate_task
-    from esft.serving import Engine, EngineConfig, dict_resolver
-
-    weights = sum(p.stat().st_size for p in adapter_dir.glob("*.safetensors"))
-    config = EngineConfig(batching="swap", max_batch_size=16, max_new_tokens=max_new_tokens,
-                          cache_bytes=max(EngineConfig.cache_bytes, 2 * weights))
-    with Engine.from_pretrained(model_dir, resolver=dict_resolver({ADAPTER: adapter_dir}), config=config,
-                                base_name="base") as engine:
-        models = {"base": "base", "adapter": ADAPTER}
-        task = evaluate_task(engine, examples, metrics, models=models, judge=judge, max_new_tokens=max_new_tokens,
-                             should_stop=should_stop)
-        if not general_files or (should_stop is not None and should_stop()):
-            return task, None, {}
-        report, per_file = evaluate_retention(engine, general_files, models=models, max_examples=max_examples,
-                                              max_new_tokens=max_new_tokens, should_stop=should_stop)
+    general = load_general(general_files, max_examples)
+    prompts = [e.prompt for e in examples] + [e.prompt for f in general_files for e in general[f.name]]
+    answers = _answers(model_dir, adapter_dir, prompts, max_new_tokens=max_new_tokens, should_stop=should_stop)
+    n = len(examples)
+    task = score_answers(examples, {label: given[:n] for label, given in answers.items()}, metrics, judge=judge)
+    if not general_files:
+        return task, None, {}
+    report, per_file = score_retention(general_files, general, {label: given[n:] for label, given in answers.items()})
     return task, report, per_file
 
 

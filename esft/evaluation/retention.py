@@ -14,7 +14,7 @@ from typing import Any
 
 from esft.errors import ConfigError
 from esft.evaluation.metrics import LLM_JUDGE, SUITE_METRICS
-from esft.evaluation.task import EvaluationResult, generate_answers, load_examples, score_answers
+from esft.evaluation.task import EvalExample, EvaluationResult, generate_answers, load_examples, score_answers
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,31 @@ def headline(task_delta: float | None, task_metric: str | None, kept_ratio: floa
     return ", ".join(parts)
 
 
+def load_general(files: Sequence[GeneralFile], max_examples: int | None = None) -> dict[str, list[EvalExample]]:
+    """Each file's evaluation examples (the first ``max_examples``), by file name."""
+    return {f.name: load_examples(f.path, max_examples) for f in files}
+
+
+def score_retention(
+    files: Sequence[GeneralFile],
+    examples: Mapping[str, Sequence[EvalExample]],
+    answers: Mapping[str, Sequence[str]],
+) -> tuple[dict[str, Any], dict[str, EvaluationResult]]:
+    """The ``retention`` report from answers given in file order (``answers``: ``base`` and ``adapter`` ->
+    one answer per example of every file, concatenated), and each file's full result."""
+    if set(answers) != {"base", "adapter"}:
+        raise ConfigError(f"answers must be for 'base' and 'adapter', got {sorted(answers)}", param="answers")
+    results, scores, start = {}, [], 0
+    for f in files:
+        n = len(examples[f.name])
+        given = {label: list(answers[label][start:start + n]) for label in ("base", "adapter")}
+        start += n
+        result = score_answers(examples[f.name], given, [f.metric])
+        results[f.name] = result
+        scores.append(FileScore(f.name, f.metric, n, result.mean("base"), result.mean("adapter")))
+    return retention(scores), results
+
+
 def evaluate_retention(
     engine,
     files: Sequence[GeneralFile],
@@ -90,17 +115,9 @@ def evaluate_retention(
     """
     if set(models) != {"base", "adapter"}:
         raise ConfigError(f"models must name 'base' and 'adapter', got {sorted(models)}", param="models")
-    examples = {f.name: load_examples(f.path, max_examples) for f in files}
+    examples = load_general(files, max_examples)
     prompts = [e.prompt for f in files for e in examples[f.name]]
     engine.start()
     answers = generate_answers(engine, prompts, list(dict.fromkeys(models.values())),
                                max_new_tokens=max_new_tokens, should_stop=should_stop)
-    results, scores, start = {}, [], 0
-    for f in files:
-        n = len(examples[f.name])
-        given = {label: answers[name][start:start + n] for label, name in models.items()}
-        start += n
-        result = score_answers(examples[f.name], {"base": given["base"], "adapter": given["adapter"]}, [f.metric])
-        results[f.name] = result
-        scores.append(FileScore(f.name, f.metric, n, result.mean("base"), result.mean("adapter")))
-    return retention(scores), results
+    return score_retention(files, examples, {label: answers[name] for label, name in models.items()})

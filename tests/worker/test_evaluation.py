@@ -144,3 +144,27 @@ def test_bad_general_suites_are_refused_at_registration(client, auth, toy_model_
         body = {"id": "toy", "path": str(toy_model_dir), "general_suite": [{"name": "g", "path": str(suite)}]}
         assert_error(client.post("/v1/admin/models", json=body, headers=auth), 400, code, "general_suite[0].path")
     assert client.get("/v1/models", headers=auth).json()["data"] == []
+
+
+def test_results_the_engine_cannot_swap_are_served_by_an_engine_of_their_own(toy_model_dir, tmp_path):
+    """A LoRA result is not an ESFT adapter: its answers come from the folded model, still through an engine."""
+    from esft import workflows
+    from esft.config import TrainingConfig
+    from esft.evaluation import EvalExample
+    from esft.generation import generate_text
+    from esft.methods import load_adapter
+    from esft.models.loading import load_model
+    from worker.evaluation import compare_models
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(jsonl(chat_rows(8)))
+    out = workflows.train(toy_model_dir, data, None, tmp_path / "lora",
+                          TrainingConfig(max_steps=2, batch_size=4, learning_rate=5e-2, seq_len=32),
+                          method="lora").adapter_dir
+    examples = [EvalExample(r["messages"][:-1], r["messages"][-1]["content"]) for r in chat_rows(3)]
+    task, report, _ = compare_models(toy_model_dir, out, examples, ["exact_match"], max_new_tokens=MAX_NEW_TOKENS)
+    model, tokenizer = load_model(toy_model_dir, device="cpu")
+    tuned = load_adapter(model, out).fold()
+    for row, example in zip(task.examples, examples, strict=True):
+        assert row["adapter"].strip() == generate_text(tuned, tokenizer, example.prompt, max_new_tokens=MAX_NEW_TOKENS)
+    assert report is None and set(task.summary) == {"base", "adapter"}
