@@ -218,6 +218,32 @@ def merge(
 
 
 @app.command()
+def convert(
+    adapter: Annotated[Path, typer.Option("--adapter", help="Adapter directory to convert.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write.")],
+    source: Annotated[str | None, typer.Option(
+        "--from", help="'official': import a deepseek-ai/ESFT adapter (expert_cfg.json + *.safetensors).")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--to", help="'official': write this project's adapter in the deepseek-ai/ESFT layout.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Base model directory (required with --from official: every tensor is checked).")] = None,
+) -> None:
+    """Convert adapters from or to the layout of deepseek-ai/ESFT."""
+    from esft.adapters.official import export_official, import_official
+
+    with _errors():
+        if (source, target) == ("official", None):
+            if model is None:
+                raise typer.BadParameter("--from official needs --model BASE_DIR (the adapter is checked against it)")
+            path = import_official(model, adapter, out)
+        elif (source, target) == (None, "official"):
+            path = export_official(adapter, out)
+        else:
+            raise typer.BadParameter("pass exactly one of --from official or --to official")
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def generate(
     model: ModelOpt,
     prompt: Annotated[str, typer.Option("--prompt", help="User message (rendered with the chat template).")],

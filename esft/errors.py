@@ -75,7 +75,7 @@ class TrainingCancelled(ESFTError):
     code = "cancelled"
 
 
-class OutboundURLError(ESFTError):
+class OutboundURLError(ConfigError):
     """A URL the library would call (an LLM judge, a webhook) is not allowed by the operator's allowlist."""
 
     code = "outbound_url_not_allowed"

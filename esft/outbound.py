@@ -26,8 +26,8 @@ def _split(url: str) -> tuple[str, str, int | None, str]:
     """(scheme, host, port, path) of an http(s) URL; ValueError when it is not one."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise ValueError("not an http(s) URL with a host")
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
+        raise ValueError("not an http(s) URL with a host and no credentials")
     port = parts.port or _DEFAULT_PORTS[scheme]  # raises ValueError for a bad port
     return scheme, parts.hostname.lower().rstrip("."), port, parts.path or "/"
 
@@ -54,7 +54,8 @@ def check_outbound_url(url: str, allowlist: Sequence[str], *, param: str) -> Non
     try:
         scheme, host, port, path = _split(url)
     except ValueError:
-        raise OutboundURLError(f"{url!r} is not an http(s) URL with a host.", param=param) from None
+        raise OutboundURLError(f"{url!r} is not an http(s) URL with a host (and no credentials in it; send "
+                               "those in headers).", param=param) from None
     if not allowlist:
         raise OutboundURLError(
             f"This server makes no outbound calls; an operator can allow {host!r} by adding it to the outbound "

@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: the expert-score heatmap and the loss curve."""
+"""Pictures people would rather look at than read: the expert-score heatmap, the loss curve and retention bars."""
 
 from __future__ import annotations
 
@@ -66,6 +66,27 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path) -> Path:
     ax.set_title("ESFT training loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, out_png)
+
+
+def plot_retention(report: dict, out_png: str | Path) -> Path:
+    """Base vs adapter score per general-ability file and on average (``esft.evaluation.retention`` report)."""
+    rows = [*report["files"], {"name": "average", **report["average"]}]
+    names = [row["name"] for row in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4))
+    for offset, key, colour in ((-0.2, "base", "#999999"), (0.2, "adapter", "#1f77b4")):
+        ax.bar(x + offset, [row[key] or 0.0 for row in rows], width=0.4, label=key, color=colour)
+    for i, row in enumerate(rows):
+        if row.get("ratio") is not None:
+            top = max(row["base"] or 0.0, row["adapter"] or 0.0)
+            ax.annotate(f"{row['ratio']:.0%}", (i, top), ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylabel("score (0-100)")
+    ratio = report["average"].get("ratio")
+    ax.set_title("General ability: base vs adapter" + (f" ({ratio:.0%} kept)" if ratio is not None else ""))
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_png)
 
 

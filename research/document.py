@@ -248,7 +248,10 @@ def write_results(results: dict[str, Any], out_md: str | Path, plots_dir: str | 
     for task in results["config"]["tasks"]:
         lines += [f"### {task} ({TASKS[task].kind})", "", *r.method_table(results, task), "",
                   "General ability by pretraining task (exact match %, after fine-tuning):", "",
-                  *r.general_breakdown(results, task), ""]
+                  *r.general_breakdown(results, task), "",
+                  "General ability kept, as the service reports it (`esft.evaluation.retention`: mean over the "
+                  "general tasks, difference and ratio method/base):", "",
+                  *r.retention_table(results, task), ""]
     lines += [image("method_comparison.png"), "", image("tradeoff.png"), "",
               "Every learning rate of the sweep (the last point of each line is the largest rate, labelled): "
               "how much task gain each method buys per point of general ability lost.", "",

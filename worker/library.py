@@ -19,24 +19,26 @@ class Library:
     select: Callable  # esft.workflows.select
     train: Callable  # esft.workflows.train
     merge: Callable  # esft.workflows.merge: base model + any method's result -> a full model
-    compare: Callable  # worker.evaluation.compare_answers: base vs adapter answers, one model load
+    compare: Callable  # worker.evaluation.compare_models: base vs adapter on task and general files, one engine
     plot_scores: Callable  # esft.plotting.plot_scores
     plot_loss: Callable  # esft.plotting.plot_loss
+    plot_retention: Callable  # esft.plotting.plot_retention
 
 
 def esft_library() -> Library:
     """The real thing (imports torch: call it in the process that runs steps)."""
     from esft import plotting, workflows
-    from worker.evaluation import compare_answers
+    from worker.evaluation import compare_models
 
     return Library(
         score=workflows.score,
         select=workflows.select,
         train=workflows.train,
         merge=workflows.merge,
-        compare=compare_answers,
+        compare=compare_models,
         plot_scores=plotting.plot_scores,
         plot_loss=plotting.plot_loss,
+        plot_retention=plotting.plot_retention,
     )
 
 

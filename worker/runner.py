@@ -25,6 +25,7 @@ from api.core.queue import Queue
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from esft.errors import ESFTError, TrainingCancelled
+from worker.evaluation import general_files
 from worker.library import get_library
 from worker.progress import Cancelled, Heartbeat, LeaseLost, ProgressReporter
 from worker.steps import STEP_FUNCTIONS, StepContext, StepFailed
@@ -71,6 +72,7 @@ def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartb
         base = session.get(BaseModel, job.model)
         training = _file_path(session, storage, job, "training_file")
         validation = _file_path(session, storage, job, "validation_file")
+        general = general_files(session, storage, job, base.general_suite if base is not None else None)
         session.expunge(job)
     if base is None or not Path(base.path).is_dir():
         raise StepFailed("model_not_found", f"The base model {job.model!r} is no longer available.", param="model")
@@ -90,6 +92,7 @@ def build_context(settings: Settings, job_id: str, owner: str, heartbeat: Heartb
         should_stop=heartbeat.fenced_should_stop,
         log=_event_logger(settings.database_url, job_id, heartbeat.token),
         token=heartbeat.token,
+        general_files=general,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from esft.data.validation import validate_jsonl
 from esft.errors import ESFTError
 from esft.io import sha256_file, write_json_atomic
 from esft.methods import Method, get_method
-from worker.evaluation import evaluate
+from worker.evaluation import GENERAL_FILE_PREFIX, evaluate
 from worker.library import Library
 from worker.progress import Cancelled, ProgressReporter
 
@@ -55,6 +55,7 @@ class StepContext:
     should_stop: Callable[[], bool]
     log: Callable[..., None]
     token: int  # the lease generation this step runs under (fencing token)
+    general_files: list[Any] = field(default_factory=list)  # esft.evaluation.retention.GeneralFile, suite first
 
 
 def _model_facts(model_dir: Path) -> tuple[Callable[[str], int] | None, int | None]:
@@ -88,9 +89,12 @@ def validate(ctx: StepContext) -> dict[str, Any]:
         return {"hyperparameters": json.loads(out.read_text())["hyperparameters"]}
     count, context = _model_facts(ctx.model_dir)
     reports = {}
+    general = [(f"general_files[{i}].file", f.path, 1) for i, f in enumerate(ctx.general_files)
+               if f.name.startswith(GENERAL_FILE_PREFIX)]
     for param, path, minimum in (
         ("training_file", ctx.training_path, ctx.settings.min_examples),
         ("validation_file", ctx.validation_path, 1),
+        *general,
     ):
         if path is None:
             continue

@@ -13,6 +13,8 @@ SCORES = "expert_scores.json"
 EXPERT_CONFIG = "expert_config.json"
 TRAIN_DIR = "train"
 EVAL_RESULTS = "eval_results.json"
+RETENTION = "retention.json"
+RETENTION_PNG = "retention.png"
 SCORES_PNG = "scores_heatmap.png"
 LOSS_PNG = "loss_curve.png"
 METRICS_CSV = "metrics.csv"
@@ -29,6 +31,8 @@ CONTENT_TYPES = {
     METRICS_JSONL: "application/x-ndjson",
     TRAIN_REPORT: "application/json",
     EVAL_RESULTS: "application/json",
+    RETENTION: "application/json",
+    RETENTION_PNG: "image/png",
 }
 
 

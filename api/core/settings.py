@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     event_throttle_s: float = Field(default=1.0, description="at most one metrics event per this many seconds")
     eval_max_examples: int = Field(default=32, description="examples the evaluate step generates answers for")
     eval_max_new_tokens: int = Field(default=32, description="longest answer generated during evaluation")
+    max_eval_examples: int = Field(default=1000, ge=1, description="most examples a job may ask to evaluate")
+    judge_api_key: str | None = Field(default=None, description="bearer token sent to LLM-judge endpoints")
+    judge_timeout_s: float = Field(default=30.0, gt=0, description="per call to an LLM-judge endpoint")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or cuda:N,M,... for this worker")
     max_gpus_per_job: int = Field(
         default=1,

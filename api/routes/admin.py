@@ -14,5 +14,6 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=COMMON_ERRORS)
 
 @router.post("/models", name="create_base_model", response_model=ModelObject, responses=error_responses(403, 409))
 def create_base_model(_: AdminDep, session: SessionDep, settings: SettingsDep, body: BaseModelCreate) -> ModelObject:
-    row = registry.add_base_model(session, body.id, body.path, roots=settings.allowed_model_roots)
+    row = registry.add_base_model(session, body.id, body.path, roots=settings.allowed_model_roots,
+                                  general_suite=body.general_suite)
     return registry.base_public(row)

@@ -8,7 +8,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.schemas.common import ListPage, StrictRequest
+from api.schemas.models import SuiteMetric
 from api.schemas.options import AutoValue, api_options, field_of, method_classes, model_of
+from esft.evaluation.metrics import METRIC_NAMES
+
+MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
+MAX_EVAL_NEW_TOKENS = 4096
 
 __all__ = [
     "AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method", "Resources", "SupervisedHyperparameters",
@@ -90,6 +95,35 @@ class Resources(StrictRequest):
     )
 
 
+class JudgeSpec(StrictRequest):
+    """An OpenAI-compatible endpoint whose model grades answers 1-10 (docs/llm-judge.md)."""
+
+    url: str = Field(min_length=1, max_length=2048, description="API base, e.g. `http://judge:8000/v1`; must be in "
+                     "the deployment's outbound-URL allowlist")
+    model: str = Field(min_length=1, max_length=256, description="the judge's model name at that endpoint")
+
+
+class EvaluationSpec(StrictRequest):
+    """How the job scores base model and adapter on the validation file (else the training file)."""
+
+    metrics: list[MetricName] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["exact_match"], min_length=1, max_length=len(METRIC_NAMES),
+        description="exact_match, contains, bleu, chrf, rouge_l (0-100) and llm_judge (1-10, needs `judge`)",
+    )
+    max_examples: int | None = Field(default=None, ge=1, description="examples evaluated (default: the "
+                                     "deployment's `eval_max_examples`; at most its `max_eval_examples`)")
+    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_EVAL_NEW_TOKENS,
+                                       description="longest generated answer (default: `eval_max_new_tokens`)")
+    judge: JudgeSpec | None = None
+
+
+class GeneralFile(StrictRequest):
+    """A general-ability file of the job (an uploaded `fine-tune` file) and how to score it."""
+
+    file: str = Field(description="file id")
+    metric: SuiteMetric = Field(default="exact_match", description="how answers are scored (0-100)")  # type: ignore
+
+
 class JobCreate(StrictRequest):
     model: str = Field(description="a registered base model id (GET /v1/models)")
     training_file: str
@@ -105,6 +139,11 @@ class JobCreate(StrictRequest):
         default=None, description="not supported: a non-empty list is refused with 400"
     )
     resources: Resources | None = Field(default=None, description="default: one device")
+    evaluation: EvaluationSpec | None = Field(default=None, description="default: exact match")
+    general_files: list[GeneralFile] | None = Field(
+        default=None, max_length=16, description="general-ability files, evaluated with the base model's suite "
+        "for retention (what the adapter kept)"
+    )
 
 
 class JobError(BaseModel):
@@ -144,6 +183,12 @@ class JobObject(BaseModel):
     metadata: dict[str, str] | None = None
     integrations: list[Any] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
+    evaluation: dict[str, Any] | None = Field(default=None, description="the evaluation spec as given")
+    general_files: list[dict[str, Any]] | None = None
+    evaluation_result: dict[str, Any] | None = Field(
+        default=None, description="after evaluation: `headline`, `task` (per-model means with 95% intervals, "
+        "adapter minus base) and `retention` (per general file and on average: base, adapter, difference, ratio)"
+    )
 
 
 class JobList(ListPage):

@@ -56,7 +56,7 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     requests = [_job_request(body, m, row.id, seed) for m in body.methods]
     for request in requests:
-        jobs.checked_method(session, settings, project_id, request)
+        jobs.checked_fields(session, settings, project_id, request)
     session.add(row)
     row.job_ids = [jobs.create(session, queue, settings, project_id, request).id for request in requests]
     session.commit()

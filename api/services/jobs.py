@@ -27,6 +27,8 @@ from api.schemas.jobs import (
 )
 from api.services import files, job_options
 from api.services.common import new_id, page_by_created, unix
+from esft.errors import ConfigError
+from esft.outbound import check_outbound_url
 
 WAITING = ("validating_files", "queued")
 
@@ -92,19 +94,58 @@ def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
             )
 
 
-def checked_method(session: Session, settings: Settings, project_id: str, body: JobCreate) -> dict[str, Any]:
-    """The stored method of a request whose model, files and options all pass (else a 4xx ``ServiceError``)."""
+def _check_evaluation(settings: Settings, body: JobCreate) -> dict[str, Any] | None:
+    """The evaluation spec to store: metrics known (the schema), judge given and allowed, sizes within limits."""
+    spec = body.evaluation
+    if spec is None:
+        return None
+    if "llm_judge" in spec.metrics and spec.judge is None:
+        raise _refuse("Metric 'llm_judge' needs `evaluation.judge` with the `url` and `model` of an "
+                      "OpenAI-compatible endpoint.", "evaluation.judge")
+    if spec.judge is not None:
+        try:
+            check_outbound_url(spec.judge.url, settings.outbound_url_allowlist, param="evaluation.judge.url")
+        except ConfigError as exc:
+            raise _refuse(exc.message, "evaluation.judge.url", exc.code) from None
+    if spec.max_examples is not None and spec.max_examples > settings.max_eval_examples:
+        raise _refuse(f"`evaluation.max_examples` is {spec.max_examples}; this deployment evaluates at most "
+                      f"{settings.max_eval_examples} examples per job.", "evaluation.max_examples")
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def _check_general_files(session: Session, project_id: str, body: JobCreate) -> list[dict[str, Any]] | None:
+    """General-ability files: the caller's, uploaded for fine-tuning, and valid (as training files must be)."""
+    if not body.general_files:
+        return None
+    for i, general in enumerate(body.general_files):
+        param = f"general_files[{i}].file"
+        row = files.get(session, project_id, general.file, param=param)
+        if row.purpose != "fine-tune":
+            raise ServiceError(400, f"{param} {general.file} was not uploaded with purpose 'fine-tune'.",
+                               code="invalid_file_purpose", param=param)
+        if row.status != "processed":
+            detail = files.summary(row.validation) or "it failed validation"
+            raise ServiceError(400, f"{param} {general.file} cannot be evaluated on: {detail}",
+                               code="invalid_file", param=param)
+    return [g.model_dump(mode="json") for g in body.general_files]
+
+
+def checked_fields(session: Session, settings: Settings, project_id: str, body: JobCreate) -> dict[str, Any]:
+    """The stored fields of a request whose model, files and options all pass (else a 4xx ``ServiceError``):
+    ``method``, ``resources``, ``evaluation`` and ``general_files``."""
     method = job_method(body)
-    job_resources(body, settings, method["type"])
+    resources = job_resources(body, settings, method["type"])
     _check_inputs(session, project_id, body)
+    evaluation = _check_evaluation(settings, body)
+    general_files = _check_general_files(session, project_id, body)
     job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
-    return method
+    return {"method": method, "resources": resources, "evaluation": evaluation, "general_files": general_files}
 
 
 def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
     """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
-    method = checked_method(session, settings, project_id, body)
-    resources = job_resources(body, settings, method["type"])
+    fields = checked_fields(session, settings, project_id, body)
+    method = fields["method"]
     _, sent_secrets = job_secrets.split(body)
     job = Job(
         id=new_id("ftjob"),
@@ -117,7 +158,9 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         suffix=body.suffix,
         metadata_=body.metadata,
-        resources=resources,
+        resources=fields["resources"],
+        evaluation=fields["evaluation"],
+        general_files=fields["general_files"],
         status="validating_files",
         step="validate",
     )
@@ -257,5 +300,8 @@ def to_public(session: Session, job: Job) -> JobObject:
         suffix=job.suffix,
         metadata=job.metadata_,
         resources=Resources(**(job.resources or {})),
+        evaluation=job.evaluation,
+        general_files=job.general_files,
+        evaluation_result=job.evaluation_result,
     )
     return JobObject(**data)

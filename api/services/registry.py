@@ -8,8 +8,9 @@ manifest; a half-written adapter is never visible and every download re-checks t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +23,7 @@ from api.schemas.models import ModelObject
 from api.services import checkpoints
 from api.services.checkpoints import CheckpointModel
 from api.services.common import unix
+from esft.data.validation import validate_jsonl
 from esft.errors import ESFTError
 from esft.io import sha256_file
 from esft.models.identity import model_identity
@@ -34,13 +36,13 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-def _resolve(path: str) -> Path:
+def _resolve(path: str, param: str = "path") -> Path:
     """The absolute, symlink-free form of a server path given over HTTP; 400 when it cannot be one."""
     try:
         return Path(path).expanduser().resolve()
     except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, name too long, symlink loop, unknown ~user
         raise ServiceError(
-            400, f"`path` is not a usable server path: {exc}.", code="invalid_path", param="path"
+            400, f"`{param}` is not a usable server path: {exc}.", code="invalid_path", param=param
         ) from None
 
 
@@ -56,8 +58,40 @@ def _check_links(model_dir: Path, roots: list[Path]) -> None:
             )
 
 
-def add_base_model(session: Session, model_id: str, path: str, *, roots: list[Path] | None) -> BaseModel:
-    """Register a model directory; ``roots`` (None = any, for local admin CLIs) confines HTTP callers."""
+def _check_suite(suite: Sequence[Any], roots: list[Path] | None) -> list[dict[str, str]]:
+    """``[{"name", "path", "metric"}]`` with each file inside the roots and a valid dataset (400 otherwise)."""
+    checked, names = [], set()
+    for i, item in enumerate(suite):
+        name, path, metric = (item["name"], item["path"], item["metric"]) if isinstance(item, dict) else (
+            item.name, item.path, item.metric)
+        param = f"general_suite[{i}].path"
+        if name in names:
+            raise ServiceError(400, f"general_suite names {name!r} twice.", code="invalid_request",
+                               param=f"general_suite[{i}].name")
+        names.add(name)
+        resolved = _resolve(path)
+        if roots is not None and not _inside(resolved, roots):
+            raise ServiceError(400, f"Path {path!r} is outside the allowed model roots {[str(r) for r in roots]}.",
+                               code="path_not_allowed", param=param)
+        if not resolved.is_file():
+            raise ServiceError(400, f"{path!r} is not a file on the server.", code="file_not_found", param=param)
+        report = validate_jsonl(resolved, min_examples=1, max_errors=3)
+        if not report.ok:
+            problems = "; ".join(f"line {e['line']}: {e['message']}" if e["line"] else e["message"]
+                                 for e in report.errors[:3]) or "no examples"
+            raise ServiceError(400, f"General-ability file {path!r} is not a valid dataset: {problems}",
+                               code="invalid_file", param=param)
+        checked.append({"name": name, "path": str(resolved), "metric": metric})
+    return checked
+
+
+def add_base_model(
+    session: Session, model_id: str, path: str, *, roots: list[Path] | None, general_suite: Sequence[Any] | None = None
+) -> BaseModel:
+    """Register a model directory; ``roots`` (None = any, for local admin CLIs) confines HTTP callers.
+
+    ``general_suite``: general-ability files (name, path, metric) every job on the model is evaluated on.
+    """
     resolved = _resolve(path)
     if roots is not None and not _inside(resolved, roots):
         raise ServiceError(
@@ -66,6 +100,7 @@ def add_base_model(session: Session, model_id: str, path: str, *, roots: list[Pa
             code="path_not_allowed",
             param="path",
         )
+    suite = _check_suite(general_suite, roots) if general_suite else None
     if not resolved.is_dir():
         raise ServiceError(
             400, f"{path!r} is not a directory on the server.", code="model_path_not_found", param="path"
@@ -79,6 +114,9 @@ def add_base_model(session: Session, model_id: str, path: str, *, roots: list[Pa
     existing = session.get(BaseModel, model_id)
     if existing is not None:
         if existing.path == str(resolved) and existing.config_hash == identity["config_hash"]:
+            if general_suite is not None:
+                existing.general_suite = suite
+                session.commit()
             return existing
         raise ServiceError(
             409,
@@ -93,6 +131,7 @@ def add_base_model(session: Session, model_id: str, path: str, *, roots: list[Pa
         architectures=identity.get("architectures") or [],
         config_hash=identity["config_hash"],
         identity=identity,
+        general_suite=suite,
     )
     session.add(row)
     session.commit()
@@ -224,6 +263,7 @@ def base_public(row: BaseModel) -> ModelObject:
         "model_type": row.model_type,
         "architectures": row.architectures,
         "config_hash": row.config_hash,
+        "general_suite": [{"name": f["name"], "metric": f["metric"]} for f in row.general_suite or []],
     }
     return ModelObject(id=row.id, created=unix(row.created_at), owned_by="system", kind="base", details=details)
 

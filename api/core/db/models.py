@@ -123,6 +123,7 @@ class BaseModel(Base):
     architectures: Mapped[list[Any]] = mapped_column(default=list)
     config_hash: Mapped[str] = mapped_column(String(80))
     identity: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    general_suite: Mapped[list[Any] | None] = mapped_column(default=None)  # [{"name", "path", "metric"}]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -136,6 +137,9 @@ class Job(Base):
     validation_file: Mapped[str | None] = mapped_column(String(64), default=None)
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # the spec as given
+    general_files: Mapped[list[Any] | None] = mapped_column(default=None)  # [{"file", "metric"}]
+    evaluation_result: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # task, retention, headline
     seed: Mapped[int] = mapped_column(Integer, default=0)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
