@@ -102,19 +102,18 @@ def _read(storage: LocalStorage, job: Job, name: str) -> dict[str, Any]:
 
 
 def _evaluation(results: dict[str, Any], side: str) -> dict[str, float]:
-    """Task metrics of one side (``adapter`` or ``base``): exact match, plus any ``metrics`` the evaluation adds."""
-    metrics = {}
-    if f"accuracy_{side}" in results:
-        metrics["exact_match"] = results[f"accuracy_{side}"]
-    for name, value in (results.get("metrics") or {}).items():
-        metrics[name] = value.get(side) if isinstance(value, dict) else value if side == "adapter" else None
-    return {k: v for k, v in metrics.items() if v is not None}
+    """Task metrics (0-100) of one side (``adapter`` or ``base``) from the evaluate step's ``eval_results.json``:
+    each metric's mean (``summary``), and exact match from the always-reported accuracy when not chosen."""
+    metrics = {name: value["mean"] for name, value in (results.get("summary") or {}).get(side, {}).items()
+               if isinstance(value, dict) and value.get("mean") is not None}
+    if "exact_match" not in metrics and f"accuracy_{side}" in results:
+        metrics["exact_match"] = 100 * results[f"accuracy_{side}"]
+    return metrics
 
 
 def _retention(results: dict[str, Any]) -> dict[str, float]:
-    """Average retention (ratio adapter/base, difference) when the evaluation reports it."""
-    retention = results.get("retention") or {}
-    average = retention.get("average", retention) if isinstance(retention, dict) else {}
+    """Average retention on the general-ability files (ratio adapter/base, difference), when the job had any."""
+    average = ((results.get("result") or {}).get("retention") or {}).get("average") or {}
     return {k: v for k, v in average.items() if k in ("ratio", "difference") and v is not None}
 
 
