@@ -31,6 +31,16 @@ console = Console(stderr=True)
 
 ModelOpt = Annotated[Path, typer.Option("--model", help="Local model directory (save_pretrained layout).")]
 DataOpt = Annotated[Path, typer.Option("--data", help="JSONL: {messages} | {prompt, completion} | {text}.")]
+# Launch flags: CLI-only, not options of any config (the command re-runs itself under torchrun with the rest).
+NprocOpt = Annotated[int | None, typer.Option(
+    "--nproc-per-node", help="Run as N processes on this node under torchrun (one per device; gloo on CPU).")]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Nodes in the run (the same command on each).")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", help="This node's index; node 0 hosts the rendezvous.")]
+MasterAddrOpt = Annotated[str, typer.Option("--master-addr", help="Address of node 0 (c10d rendezvous).")]
+MasterPortOpt = Annotated[int, typer.Option("--master-port", help="Rendezvous port on node 0.")]
+EpSizeOpt = Annotated[int | None, typer.Option(
+    "--ep-size", help="Shard each layer's experts over E ranks (expert parallelism; needs --nproc-per-node).")]
+_LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
 @contextmanager
@@ -116,12 +126,20 @@ def score(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Scores JSON to write.")],
     scoring: ScoringConfig,
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = 29500,
+    ep_size: EpSizeOpt = None,
 ) -> None:
     """Score every routed expert on task data (token and gate scores per layer)."""
     from esft import workflows
 
+    _launch_if_asked(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     with _errors(), _progress_bar("scoring") as progress:
-        scores = workflows.score(model, data, out, scoring, progress=progress)
+        _init_distributed()
+        scores = workflows.score(model, data, out, scoring, progress=progress, ep_size=ep_size)
     console.print(f"scored {scores.n_tokens} tokens in {scores.n_sequences} sequences -> {out}")
 
 
@@ -153,15 +171,22 @@ def train(
     method: Annotated[str, typer.Option(help="esft, or fft (all weights) or lora (rank 8) to compare.")] = "esft",
     validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = 29500,
+    ep_size: EpSizeOpt = None,
 ) -> None:
     """Train with ESFT (only the selected experts), or FFT / LoRA for comparison, and write the result to --out."""
     from esft import workflows
 
+    _launch_if_asked(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     with _errors():
         _init_distributed()
         with _progress_bar("training") as progress:
             result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
-                                     resume=resume, progress=progress, method=method)
+                                     resume=resume, progress=progress, method=method, ep_size=ep_size)
     params = result.report["parameters"]
     console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
@@ -231,6 +256,19 @@ def inspect(model: ModelOpt) -> None:
         rows = [{"layer": ly.layer_index, "experts": ly.num_experts, "module": ly.experts_name,
                  "shared": list(ly.shared_names), "router": ly.router_name} for ly in find_moe_layers(loaded)]
     typer.echo(json.dumps(rows, indent=2))
+
+
+def _launch_if_asked(nproc_per_node: int | None, nnodes: int, node_rank: int, master_addr: str,
+                     master_port: int) -> None:
+    """With ``--nproc-per-node``, run this command again under torchrun and exit with its status."""
+    if nproc_per_node is None:
+        return
+    from esft.parallel.launch import LaunchPlan, launch, without_launch_flags
+
+    plan = LaunchPlan(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    with _errors():
+        status = launch(plan, without_launch_flags(sys.argv[1:], _LAUNCH_FLAGS))
+    raise typer.Exit(status)
 
 
 def _init_distributed() -> None:

@@ -86,6 +86,10 @@ class DataParallelPolicy:
     def run_config(self, run_config: dict) -> dict:
         return run_config
 
+    def count_parameters(self, counts: dict[str, int]) -> dict[str, int]:
+        """This rank's trainable/total counts are the run's (every rank trains the same tensors)."""
+        return counts
+
     def save_checkpoint(self, out_dir, state, masters, optimizer, run_config):
         """Rank 0 writes the checkpoint (every rank holds the same trained tensors); the others wait for it."""
         from esft.training.checkpoint import save_checkpoint

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from esft.constants import CHECKPOINT_SCHEMA, CHECKPOINT_STATE_NAME, CHECKPOINTS_DIR
 from esft.errors import CheckpointError, ESFTError
 from esft.io import write_json_atomic
+from esft.parallel.data_parallel import all_reduce_sum
 from esft.parallel.expert_parallel import ExpertParallelESFT
 from esft.training.checkpoint import TrainerState, _jsonable, _tupled, list_checkpoints
 
@@ -50,6 +51,11 @@ class ExpertParallelPolicy:
 
     def run_config(self, run_config: dict[str, Any]) -> dict[str, Any]:
         return {**run_config, "ep_size": self.prepared.layout.ep_size}
+
+    def count_parameters(self, counts: dict[str, int]) -> dict[str, int]:
+        """The run's trainable count: the rows of every owner, each expert block counted once."""
+        mine = counts["trainable"] if self.prepared.layout.replica == 0 else 0
+        return {**counts, "trainable": int(all_reduce_sum(mine)[0])}
 
     def save_checkpoint(self, out_dir: Path, state: TrainerState, masters: dict, optimizer, run_config: dict,
                         keep: int = 2) -> Path:

@@ -26,7 +26,6 @@ single-process gradient of the same global batch.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +110,9 @@ def load_expert_parallel(model_dir: str | Path, *, ep_size: int, dtype: str = "a
 
     from esft.models.loading import _DTYPES
 
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ConfigError("`ep_size` shards experts over the ranks of a process group: launch with "
+                          "`--nproc-per-node N` (or torchrun)", param="ep_size")
     rank, world_size = world()
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     num_experts = next((getattr(config, n) for n in ("n_routed_experts", "num_experts", "num_local_experts")
@@ -336,9 +338,3 @@ def _replica_group(layout: Layout):
         if ep_rank == layout.ep_rank:
             mine = group
     return mine
-
-
-def ep_size_from_env(default: int | None = None) -> int | None:
-    """``ESFT_EP_SIZE`` set by ``esft train --ep-size`` for its ranks (None: data parallel)."""
-    value = os.environ.get("ESFT_EP_SIZE")
-    return int(value) if value else default

@@ -301,9 +301,10 @@ def _run_steps(run: _Run, train_data, val_data, config: TrainingConfig, pad_toke
         last = event
     run.prepared.model.eval()
     loss = last.loss if last else None
+    counts = run.parallel.count_parameters(count_parameters(run.prepared.model, run.masters.model_params))
     report = {"steps": run.state.step, "total_steps": run.total, "trained_tokens": run.state.trained_tokens,
               "final_loss": loss, "val_loss": val_loss, "n_train": len(train_data), "n_validation": len(val_data),
-              "parameters": count_parameters(run.prepared.model, run.masters.model_params),
+              "parameters": counts,
               "optimizer_state_bytes": state_bytes(run.optimizer),
               "packed": run.pack, "padding_tokens_saved": run.padding_saved}
     return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)
