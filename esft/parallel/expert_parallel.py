@@ -52,7 +52,9 @@ class ESFTAllToAll(AllToAllEP):
     """transformers' all-to-all dispatch; the experts it reaches run ESFT's one-pass kernel on the local shard.
 
     It records on the experts module which global experts this rank owns, so ``ExpertParallelESFT`` can map
-    the expert config's global ids to local rows.
+    the expert config's global ids to local rows. The expert output of a layer with selected experts requires
+    grad on every rank, also where this rank owns none of them (a zero-row master joins the graph): the
+    backward of the exchange is a collective, so it must be in every rank's graph or in none.
     """
 
     def __init__(self, experts: nn.Module, ep_mesh, tp_mesh):
@@ -61,6 +63,19 @@ class ESFTAllToAll(AllToAllEP):
             raise ConfigError("ESFT under expert parallelism runs without tensor parallelism (tp_size=1)",
                               param="tp_size")
         experts._esft_first_expert = ep_mesh.get_local_rank() * self.num_local_experts
+        experts._esft_dispatch = self
+        self.anchor: list[nn.Parameter] = []  # zero-row masters of a layer whose selected experts are elsewhere
+
+    def __call__(self, hidden_states, top_k_index, top_k_weights):
+        tokens, expert_ids, weights, state = self._dispatch_tokens(hidden_states, top_k_index, top_k_weights)
+        if tokens.shape[0] == 0:  # keep the empty rows in the graph (the backward exchange still runs)
+            output = self.experts_forward(tokens.sum(dim=0, keepdim=True), expert_ids.new_zeros((1, 1)),
+                                          weights.new_ones((1, 1)))[:0]
+        else:
+            output = self.experts_forward(tokens, expert_ids, weights)
+        for master in self.anchor:
+            output = output + master.sum().to(output.dtype)  # the sum of zero rows: 0, with a grad path
+        return self._combine_tokens(output, state)
 
 
 EPImplementationInterface.register(EP_IMPLEMENTATION, ESFTAllToAll)
@@ -312,11 +327,13 @@ def _own_rows(experts: nn.Module, layer: MoELayer, selected: list[int]) -> Owned
     if reason:
         raise ConfigError(f"layer {layer.layer_index} cannot train under expert parallelism: {reason}",
                           param="ep_size")
-    n_local, first = int(experts.num_experts), int(experts._esft_first_expert)
+    n_local, first = int(experts.num_experts), int(getattr(experts, "_esft_first_expert", 0))  # 0: ep_size 1
     mine = [g for g in sorted(selected) if first <= g < first + n_local]
     blocks = {name: _local_block(experts._parameters[name]) for name in layer.expert_params}
     if not mine:
         masters = {name: nn.Parameter(block[:0].detach().float().clone()) for name, block in blocks.items()}
+        if hasattr(experts, "_esft_dispatch"):  # absent with ep_size 1 (nothing exchanged)
+            experts._esft_dispatch.anchor = list(masters.values())
         return OwnedRows(layer, [], masters, None)
     # one_pass.attach reads rows through getattr: hand it the gathered block for the duration
     shards = {name: experts._parameters[name] for name in layer.expert_params}

@@ -108,7 +108,7 @@ def _take_budget(examples: Sequence[TokenizedExample], config: ScoringConfig) ->
     return taken
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 (expert parallelism) tracks versions of its gathered weights
 def score_experts(
     model: nn.Module,
     examples: Sequence[TokenizedExample],

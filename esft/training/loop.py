@@ -89,7 +89,7 @@ def _micro_batches(lengths: list[int], config: TrainingConfig, state: TrainerSta
         epoch, start = epoch + 1, 0
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 (expert parallelism) tracks versions of its gathered weights
 def evaluate(model: nn.Module, data: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float | None:
     """Mean per-token validation loss over ``data`` (None when there is no data)."""
     if not data:
