@@ -19,7 +19,7 @@ from rich.console import Console
 
 from esft.cli_options import config_options
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
-from esft.errors import ESFTError
+from esft.errors import ConfigError, ESFTError
 
 app = typer.Typer(
     name="esft",
@@ -191,6 +191,50 @@ def train(
     console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
                   f"final loss {result.final_loss:.4f}; result -> {result.adapter_dir}")
+
+
+@app.command()
+@config_options(training=TrainingConfig)
+def plan(
+    model: Annotated[Path, typer.Option("--model", help="Model directory; only its config.json is read.")],
+    training: TrainingConfig,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="Devices per node.")] = 8,
+    gpu_memory: Annotated[str, typer.Option("--gpu-memory", help="Memory per device, e.g. 80GiB.")] = "80GiB",
+    expert_config: Annotated[Path | None, typer.Option(
+        "--expert-config", help="Expert config to size (default: 10% of each layer's experts).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Memory per rank (frozen weights, trained rows, AdamW state, activations) and the smallest layout that fits."""
+    from transformers import AutoConfig
+
+    from esft.expert_config import ExpertConfig
+    from esft.parallel import plan as sizing
+
+    with _errors():
+        if not (model / "config.json").is_file():
+            raise ConfigError(f"{model} has no config.json", param="model")
+        sizes = sizing.model_sizes(AutoConfig.from_pretrained(model, local_files_only=True))
+        experts = (ExpertConfig.load(expert_config) if expert_config else
+                   sizing.uniform_selection(sizes.num_experts, sorted(sizes.per_expert), 0.1))
+        weight_bytes = 4 if training.dtype == "float32" else 2
+        fits, tried = sizing.smallest_layout(
+            sizes, experts, gpus_per_node=gpus_per_node, gpu_memory=sizing.parse_bytes(gpu_memory),
+            weight_bytes=weight_bytes, batch_tokens=training.batch_size * training.seq_len,
+            activation_checkpointing=training.activation_checkpointing)
+    if as_json:
+        typer.echo(json.dumps({"fits": fits.to_dict() if fits else None, "tried": [m.to_dict() for m in tried]},
+                              indent=2))
+        return
+    typer.echo("nodes x gpus  ep  frozen  trained  adamw  activations  total (GiB per rank)")
+    for m in tried:
+        typer.echo(f"{m.nodes:>5} x {m.gpus_per_node:<4} {m.ep_size:>3} {sizing.gib(m.frozen_weights):>7} "
+                   f"{sizing.gib(m.trained_rows):>8} {sizing.gib(m.adamw_state):>6} {sizing.gib(m.activations):>12} "
+                   f"{sizing.gib(m.total):>6}")
+    if fits is None:
+        console.print(f"no layout up to {len(tried)} nodes fits {gpu_memory} per device")
+        raise typer.Exit(1)
+    console.print(f"smallest layout: --nnodes {fits.nodes} --nproc-per-node {fits.gpus_per_node} "
+                  f"--ep-size {fits.ep_size}")
 
 
 @app.command()
