@@ -5,8 +5,7 @@ Prints one JSON object.
 World size 1 is single-process ESFT (no expert parallelism); world size W shards the experts over W ranks
 (``ep_size = W``, dense weights sharded by FSDP2). The all-to-all bytes are those sent by the forward
 exchanges of every MoE layer (dispatch and combine, summed over ranks, rows a rank keeps for itself included);
-the backward repeats the exchanges that
-carry gradients.
+the backward repeats the exchanges that carry gradients.
 
     python bench/expert_parallel.py            # hidden 256, 4 layers, 16 experts top-4, 10 steps
     python bench/expert_parallel.py --quick    # a seconds-long smoke run
