@@ -316,8 +316,13 @@ def get_esft_model_expert_parallel(model: nn.Module, expert_config: ExpertConfig
     prepared = ExpertParallelESFT(model, config, layers, layout)
     for layer in layers:
         selected = config.experts.get(layer.layer_index, [])
+        experts = layer.experts(model)
+        first = int(getattr(experts, "_esft_first_expert", 0))
+        if first != layout.ep_rank * int(experts.num_experts):  # replica groups assume ep is the innermost mesh dim
+            raise ConfigError(f"rank {rank} owns experts from {first}, expected {layout.ep_rank * experts.num_experts}:"
+                              " this transformers lays out the expert mesh differently", param="ep_size")
         if selected:
-            prepared.owned[layer.layer_index] = _own_rows(layer.experts(model), layer, selected)
+            prepared.owned[layer.layer_index] = _own_rows(experts, layer, selected)
     prepared.replica_group = _replica_group(layout)
     return prepared
 
