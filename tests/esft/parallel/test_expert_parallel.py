@@ -204,3 +204,21 @@ def test_four_ranks_with_replicated_experts(model_dirs, data_file, experts_file,
                          "ep_size": 2})
     _assert_close(_weights(tmp_path / "ep"), _weights(single))
     torch.testing.assert_close(_losses(tmp_path / "ep"), _losses(single), rtol=TOLERANCE, atol=0)
+
+
+def test_layouts_and_resumes_that_cannot_work_are_refused_with_their_codes():
+    from esft.errors import CheckpointError
+    from esft.parallel.expert_checkpoint import check_resumable
+    from esft.parallel.expert_parallel import check_layout
+
+    with pytest.raises(ESFTError, match="ep_size") as refused:
+        check_layout(world_size=4, ep_size=3, num_experts=8)
+    assert refused.value.code == "world_size_mismatch"
+    saved = {"training": {"batch_size": 2, "grad_accum_steps": 1, "learning_rate": 1e-3}, "world_size": 4, "ep_size": 4}
+    check_resumable(saved, {**saved, "training": {**saved["training"], "grad_accum_steps": 2}, "world_size": 2,
+                            "ep_size": 2}, "ckpt")  # same global batch on half the ranks: fine
+    with pytest.raises(ESFTError) as refused:
+        check_resumable(saved, {**saved, "world_size": 2}, "ckpt")
+    assert refused.value.code == "world_size_mismatch" and refused.value.param == "grad_accum_steps"
+    with pytest.raises(CheckpointError, match="training"):
+        check_resumable(saved, {**saved, "training": {**saved["training"], "learning_rate": 1e-4}}, "ckpt")
