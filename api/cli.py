@@ -1,4 +1,4 @@
-"""Service commands for the `esft` CLI: serve, quickstart, models add, keys create, openapi.
+"""Service commands for the `esft` CLI: serve, quickstart, models add, keys create|list|revoke, limits, openapi.
 
 ``register(app)`` adds them to the library's typer app (entry point ``esft.commands``); ``python -m api.cli``
 runs them standalone.
@@ -46,6 +46,14 @@ def ensure_default_key(settings: Settings) -> str | None:
     path.touch(mode=0o600)
     path.write_text(raw + "\n")
     return raw
+
+
+def first_key_notice(settings: Settings) -> str:
+    """What ``esft serve`` says about the key it created: where it is, never the key (server output is a log)."""
+    return (
+        f"Created an admin API key for project 'default' in {settings.api_key_file} (readable by this user only); "
+        "`esft quickstart` uses it, or read it with `cat`."
+    )
 
 
 def start_worker(settings: Settings, *, concurrency: int = 1, log_level: str = "INFO") -> subprocess.Popen:
@@ -97,16 +105,18 @@ def serve(
     """Run the API and a worker on this machine: SQLite, filesystem broker, local storage, CPU or GPU."""
     import uvicorn
 
+    from api.core.logs import configure_logging
     from api.core.migrate import upgrade
     from api.core.queue import ensure_broker_dirs
     from api.main import create_app
 
     settings = _settings(data_dir)
+    configure_logging(settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     ensure_broker_dirs(settings)
-    if (raw := ensure_default_key(settings)) is not None:
-        typer.echo(f"Created admin API key for project 'default' (saved in {settings.api_key_file}):\n  {raw}")
+    if ensure_default_key(settings) is not None:
+        typer.echo(first_key_notice(settings))
     process = start_worker(settings) if worker else None
 
     def shutdown(signum: int, _frame) -> None:
@@ -122,7 +132,8 @@ def serve(
             from api.inference.embedded import mount_inference_pool
 
             mount_inference_pool(app)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # Our handler (JSON lines) for uvicorn's loggers too; the access log is ours, with the request id.
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, access_log=False)
     finally:
         if process is not None:
             stop_process(process)
@@ -199,6 +210,89 @@ def keys_create(
     typer.echo(raw)
 
 
+def _open(data_dir: Path | None):
+    from api.core.db.session import session_scope
+    from api.core.migrate import upgrade
+
+    settings = _settings(data_dir)
+    upgrade(settings.database_url)
+    return session_scope(settings.database_url)
+
+
+def keys_list(
+    project: Annotated[str | None, typer.Option(help="Only this project's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """List API keys (their first characters only), revoked ones included."""
+    from api.services import auth
+
+    with _open(data_dir) as session:
+        rows = [auth.to_public(key, name) for key, name in auth.list_keys(session)]
+    for row in rows:
+        if project is not None and row.project != project:
+            continue
+        if as_json:
+            typer.echo(row.model_dump_json())
+        else:
+            state = "revoked" if row.revoked_at else ("admin" if row.is_admin else "active")
+            typer.echo(f"{row.id}\t{row.redacted_value}\t{row.project}\t{state}\t{row.name}")
+
+
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id (key-...) or its first characters (sk-esft-...).")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke a key: its next request is answered 401."""
+    from api.core.errors import ServiceError
+    from api.services import auth
+
+    try:
+        with _open(data_dir) as session:
+            row = auth.revoke_key(session, auth.find_key(session, key))
+            typer.echo(f"revoked {row.id} ({row.prefix}...)")
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def limits_set(
+    values: Annotated[list[str], typer.Argument(help="name=value pairs (value 'default' drops the override).")],
+    project: Annotated[str | None, typer.Option(help="Set for this project (its name or id).")] = None,
+    key: Annotated[str | None, typer.Option(help="Set for this key (id or first characters); wins over the project.")]
+    = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Override rate limits and quotas: requests_per_second, burst, concurrent_devices, stored_bytes, pinned_bytes."""
+    from sqlalchemy import or_, select
+
+    from api.core.db.models import Project
+    from api.core.errors import ServiceError
+    from api.services import auth
+
+    if (project is None) == (key is None):
+        typer.echo("error: give exactly one of --project or --key", err=True)
+        raise typer.Exit(2)
+    try:
+        parsed = {name: None if value == "default" else float(value)
+                  for name, _, value in (pair.partition("=") for pair in values)}  # fmt: skip
+    except ValueError:
+        typer.echo("error: values are numbers or 'default', e.g. requests_per_second=50", err=True)
+        raise typer.Exit(2) from None
+    try:
+        with _open(data_dir) as session:
+            if key is not None:
+                target = auth.find_key(session, key)
+            else:
+                target = session.scalar(select(Project).where(or_(Project.name == project, Project.id == project)))
+                if target is None:
+                    raise ServiceError(404, f"No project named {project!r}.", code="project_not_found")
+            typer.echo(json.dumps(auth.set_limits(target, parsed)))
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
 def openapi(
     out: Annotated[Path, typer.Option(help="Where to write the schema.")] = Path("openapi.json"),
 ) -> None:
@@ -219,7 +313,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models, name="models")
     keys = typer.Typer(help="API keys of the service.", no_args_is_help=True)
     keys.command("create")(keys_create)
+    keys.command("list")(keys_list)
+    keys.command("revoke")(keys_revoke)
     app.add_typer(keys, name="keys")
+    limits = typer.Typer(help="Rate limits and quotas per project or key.", no_args_is_help=True)
+    limits.command("set")(limits_set)
+    app.add_typer(limits, name="limits")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from api.core.queue import Queue
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.services.auth import Principal, authenticate
+from api.services.quotas import check_rate
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `esft keys create`")
 
@@ -43,13 +44,18 @@ QueueDep = Annotated[Queue, Depends(get_queue)]
 
 def get_principal(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, checked once per request and kept on ``request.state.principal`` for later steps to reuse."""
+    """The caller, checked once per request (key and rate limit) and kept on ``request.state.principal``.
+
+    The key is read in a session of its own, closed at once: a request that then waits (a chat generating
+    for seconds) holds no database connection, so concurrent chats cannot drain the pool.
+    """
     header = f"Bearer {credentials.credentials}" if credentials else request.headers.get("authorization")
-    request.state.principal = authenticate(session, header)
-    return request.state.principal
+    with request.app.state.session_factory() as session:
+        request.state.principal = principal = authenticate(session, header)
+    check_rate(request.app.state.rate_buckets, request.app.state.settings, principal)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

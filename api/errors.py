@@ -36,20 +36,22 @@ _TYPES = {
 }
 
 
-def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+def error_body(
+    status: int, message: str, code: str | None, param: str | None, kind: str | None = None
+) -> dict[str, Any]:
+    kind = kind or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, code: str | None, param: str | None = None, headers=None):
-    return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
+def error_response(status: int, message: str, code: str | None, param: str | None = None, headers=None, kind=None):
+    return JSONResponse(error_body(status, message, code, param, kind), status_code=status, headers=headers)
 
 
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status == 409:
         headers.setdefault("x-should-retry", "false")  # the openai SDK retries 409 unless told not to
-    return error_response(exc.status, exc.message, exc.code, exc.param, headers)
+    return error_response(exc.status, exc.message, exc.code, exc.param, headers, exc.type)
 
 
 async def _library_error(_: Request, exc: ESFTError) -> JSONResponse:
@@ -57,7 +59,7 @@ async def _library_error(_: Request, exc: ESFTError) -> JSONResponse:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
     message = exc.detail if isinstance(exc.detail, str) else "Request failed."
     if exc.status_code == 404 and message == "Not Found":
         message = "Unknown URL; see /openapi.json for the available routes."
@@ -70,12 +72,16 @@ _LOC_TAGS = re.compile(
 )
 
 
-def _loc_to_param(loc: tuple | list) -> str | None:
-    """The field as OpenAI names it: ``messages[1].content``, ``method.esft.top_p``."""
+def loc_to_param(loc: tuple | list) -> str | None:
+    """The field as OpenAI names it: ``messages[1].content``, ``method.esft.top_p``.
+
+    A leading ``body``/``query``/``path``/``header``/``cookie`` says where the field is; only there is it dropped
+    (a body field may well be called ``path``).
+    """
     param = ""
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
     for part in loc:
-        if part in ("body", "query", "path", "header", "cookie"):
-            continue
         if isinstance(part, str) and _LOC_TAGS.match(part):
             break
         param += f"[{part}]" if isinstance(part, int) else f".{part}" if param else str(part)
@@ -86,10 +92,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     """A malformed request is a 400 naming the first offending field (OpenAI answers 400, not 422)."""
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    param = _loc_to_param(first.get("loc", ()))
-    message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
-    code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_request"
-    return error_response(400, message, code, param)
+    if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+        where, why = first["loc"][-1], (first.get("ctx") or {}).get("error", "malformed")
+        return error_response(400, f"The body is not valid JSON ({why} at character {where}).", "invalid_json", None)
+    param = loc_to_param(first.get("loc", ()))
+    message = "; ".join(f"{loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    return error_response(400, message, "invalid_request", param)
 
 
 def install_error_handlers(app: FastAPI) -> None:

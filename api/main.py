@@ -14,19 +14,24 @@ from fastapi.routing import APIRoute
 
 from api.core.db.session import session_factory
 from api.core.queue import CeleryQueue, Queue
+from api.core.ratelimit import buckets_for
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.deps import get_principal
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.operations import TAG as INFERENCE_TAG
 from api.inference.operations import DocumentOnly, inference_router
+from api.input_checks import check_request_input
 from api.limits import BodyLimitMiddleware
-from api.routes import admin, files, health, jobs, models
+from api.metrics import mount_metrics
+from api.observe import ObserveMiddleware
+from api.routes import admin, files, health, jobs, keys, models
 
 TAGS = [
     {"name": "files", "description": "Datasets (JSONL) and their validation reports."},
     {"name": "fine_tuning", "description": "ESFT jobs, their events, checkpoints and artifacts."},
     {"name": "models", "description": "Base models and trained ESFT adapters."},
+    {"name": "keys", "description": "API keys: list and revoke (admin keys: every project)."},
     {"name": "admin", "description": "Operator actions (admin key)."},
     {"name": "health", "description": "Probes; no API key needed."},
     INFERENCE_TAG,
@@ -84,7 +89,8 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
     """Build the app; ``queue`` defaults to Celery ``send_task`` on the configured broker.
 
     Whatever is mounted later and must be released at shutdown (inference engines) appends its close
-    function to ``app.state.shutdown_hooks``; the lifespan calls them in reverse order.
+    function to ``app.state.shutdown_hooks``; the lifespan calls them in reverse order. What must work for
+    the app to be ready appends a check to ``app.state.readiness_checks`` (``/health/ready``).
     """
     settings = settings or Settings()
     migrate = settings.auto_migrate if migrate is None else migrate
@@ -95,6 +101,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
             from api.core.migrate import upgrade
 
             upgrade(settings.database_url)
+        app.state.storage.sweep_tmp()  # what uploads and downloads of a killed server left behind
         yield
         for close in reversed(app.state.shutdown_hooks):  # e.g. the inference engines mounted on this app
             close()
@@ -106,13 +113,16 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
         description="OpenAI-style fine-tuning API for Expert-Specialized Fine-Tuning of MoE models.",
         generate_unique_id_function=operation_id,
         openapi_tags=TAGS,
+        dependencies=[Depends(check_request_input)],  # every route, inference included: NUL, NaN, surrogates
     )
     app.state.settings = settings
-    app.state.session_factory = session_factory(settings.database_url)
+    app.state.session_factory = session_factory(settings.database_url, **settings.db_pool())
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.queue = queue or CeleryQueue(settings)
+    app.state.rate_buckets = buckets_for(settings.shared_redis_url)
     app.state.shutdown_hooks = []
-    for module in (files, jobs, models, admin, health):
+    app.state.readiness_checks = []  # () -> None or why the app is not ready (a dead inference engine)
+    for module in (files, jobs, models, keys, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(
@@ -122,5 +132,7 @@ def create_app(settings: Settings | None = None, *, queue: Queue | None = None, 
         upload_paths=("/v1/files",),
     )
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(ObserveMiddleware)  # outermost: every response gets its request id, logged and timed
+    mount_metrics(app, app.state.session_factory)
     app.openapi = _custom_openapi(app)
     return app

@@ -1,7 +1,8 @@
 """Packed vs padded batches for ESFT training: useful tokens per second and the loss they compute. Prints JSON.
 
 Samples have log-normal lengths between 16 and 1024 tokens. Three arms train the same ESFT model on the same
-samples, step by step: ``packed`` (each micro-batch one row, ``esft.data.batching.collate_packed``), ``grouped``
+samples, step by step: ``packed`` (each micro-batch one row, ``esft.data.batching.collate_packed``, attention
+per sample through ``esft.models.packed_attention``, as training runs it), ``grouped``
 (today's length-grouped padded batches) and ``ungrouped`` (padded batches in random order). The arms alternate
 over rounds; each round gives a ratio of useful (non-padding) tokens per second, summarised as min/median/max,
 with the load average (a run on a machine busier than its cores is marked inconclusive).
@@ -13,6 +14,7 @@ with the load average (a run on a machine busier than its cores is marked inconc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -26,6 +28,7 @@ from esft.data.batching import batch_indices, collate, collate_packed
 from esft.data.tokenize import TokenizedExample
 from esft.methods.esft import get_esft_model
 from esft.models.discovery import find_moe_layers
+from esft.models.packed_attention import packed_attention
 from esft.models.toy import toy_model
 from esft.training.loss import answer_loss, n_loss_tokens
 from esft.training.optim import MasterWeights, build_optimizer
@@ -62,8 +65,9 @@ def run_arm(arm: str, data, plan, args) -> dict[str, float]:
     for indices in plan:
         batch_samples = [data[i] for i in indices]
         batch = collate_packed(batch_samples) if arm == "packed" else collate(batch_samples, pad_token_id=0)
-        loss = answer_loss(model, batch, reduction="sum") / max(1, n_loss_tokens(batch))
-        loss.backward()
+        with packed_attention(model) if arm == "packed" else contextlib.nullcontext():
+            loss = answer_loss(model, batch, reduction="sum") / max(1, n_loss_tokens(batch))
+            loss.backward()
         masters.grads_to_masters()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -78,7 +82,8 @@ def loss_rel_diff(data, plan, args) -> float:
     model = toy_model("qwen3_moe", layers=args.layers, experts=16, top_k=2, hidden=args.hidden, seed=0).eval()
     batch_samples = [data[i] for i in plan[0]]
     with torch.no_grad():
-        packed = float(answer_loss(model, collate_packed(batch_samples)))
+        with packed_attention(model):
+            packed = float(answer_loss(model, collate_packed(batch_samples)))
         padded = float(answer_loss(model, collate(batch_samples, pad_token_id=0)))
     return abs(packed - padded) / abs(padded)
 
@@ -104,7 +109,10 @@ def main() -> None:
     for arm, plan in arm_plans.items():  # warm-up: first allocations and kernel selection, not timed
         run_arm(arm, data, plan[:2], args)
     load_before = os.getloadavg()
-    rounds = [{arm: run_arm(arm, data, plan, args) for arm, plan in arm_plans.items()} for _ in range(args.rounds)]
+    rounds = []
+    for r in range(args.rounds):  # the arms' order alternates, so a drift in machine speed hits each alike
+        order = list(arm_plans) if r % 2 == 0 else list(reversed(arm_plans))
+        rounds.append({arm: run_arm(arm, data, arm_plans[arm], args) for arm in order})
     load_after = os.getloadavg()
 
     def ratio(a: str, b: str) -> dict[str, float]:

@@ -7,7 +7,9 @@ the ``esft.commands`` entry point; the library itself never imports the service.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
@@ -171,6 +173,9 @@ def train(
     method: Annotated[str, typer.Option(help="esft, or fft (all weights) or lora (rank 8) to compare.")] = "esft",
     validation_file: Annotated[Path | None, typer.Option(help="Validation JSONL.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    progress_jsonl: Annotated[Path | None, typer.Option(
+        "--progress-jsonl", help="Also append rank 0's progress to this JSONL file (step records, then "
+        "checkpoint / done / stopped records), for a process that follows the run.")] = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
     node_rank: NodeRankOpt = 0,
@@ -178,15 +183,23 @@ def train(
     master_port: MasterPortOpt = 29500,
     ep_size: EpSizeOpt = None,
 ) -> None:
-    """Train with ESFT (only the selected experts), or FFT / LoRA for comparison, and write the result to --out."""
+    """Train with ESFT (only the selected experts), or FFT / LoRA for comparison, and write the result to --out.
+
+    SIGTERM stops the run at the end of the current step with a checkpoint (resume with --resume).
+    """
     from esft import workflows
+    from esft.training.progress import ProgressFile
 
     _launch_if_asked(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    stop = _stop_on_sigterm()
+    record = ProgressFile(progress_jsonl) if progress_jsonl else None
     with _errors():
         _init_distributed()
-        with _progress_bar("training") as progress:
+        with _progress_bar("training") as bar, _recording(record):
+            progress = _both(bar, record) if record else bar
             result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
-                                     resume=resume, progress=progress, method=method, ep_size=ep_size)
+                                     resume=resume, progress=progress, should_stop=stop.is_set, method=method,
+                                     ep_size=ep_size)
     params = result.report["parameters"]
     console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
@@ -313,6 +326,37 @@ def _launch_if_asked(nproc_per_node: int | None, nnodes: int, node_rank: int, ma
     with _errors():
         status = launch(plan, without_launch_flags(sys.argv[1:], _LAUNCH_FLAGS))
     raise typer.Exit(status)
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """An event SIGTERM sets, for ``should_stop``: the loop checkpoints and stops (torchrun forwards SIGTERM)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    return stop
+
+
+def _both(*callbacks):
+    def progress(event) -> None:
+        for callback in callbacks:
+            callback(event)
+
+    return progress
+
+
+@contextmanager
+def _recording(record) -> Iterator[None]:
+    """Close a ``ProgressFile`` with ``done`` or ``stopped`` (rank 0 only; the loop reports on rank 0 only)."""
+    from esft.errors import TrainingCancelled
+    from esft.parallel.data_parallel import is_main
+
+    try:
+        yield
+    except TrainingCancelled:
+        if record and is_main():
+            record.stopped()
+        raise
+    if record and is_main():
+        record.done()
 
 
 def _init_distributed() -> None:

@@ -71,3 +71,23 @@ def config_options(**configs: type) -> Callable[[Callable[..., Any]], Callable[.
         return wrapper
 
     return decorate
+
+
+def cli_args(config: Any) -> list[str]:
+    """The flags that rebuild ``config`` on the command line (its CLI options; unset ones left out).
+
+    The service's worker launches ``esft train`` under torchrun with these, so a job's options reach every
+    rank through the same declarations as a user's flags.
+    """
+    args: list[str] = []
+    for opt in cli_options(type(config)):
+        value = getattr(config, opt.name)
+        if value is None:
+            continue
+        if opt.kind is bool:
+            on, _, off = opt.cli_flag.partition("/")
+            if value or off:
+                args.append(on if value else off)
+        else:
+            args += [opt.cli_flag, str(value)]
+    return args

@@ -73,3 +73,9 @@ class TrainingCancelled(ESFTError):
     """Raised by ``train`` when ``should_stop`` asked it to stop; the last checkpoint is kept."""
 
     code = "cancelled"
+
+
+class OutboundURLError(ESFTError):
+    """A URL the library would call (an LLM judge, a webhook) is not allowed by the operator's allowlist."""
+
+    code = "outbound_url_not_allowed"

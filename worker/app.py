@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
+from api.core.logs import configure_logging
 from api.core.queue import CeleryQueue, celery_config
 from api.core.settings import Settings
 from worker import devices
@@ -28,6 +29,12 @@ app.conf.update(imports=["worker.tasks"], worker_concurrency=1)
 
 
 queue = CeleryQueue(settings, app)  # next steps leave through this worker's broker connection
+
+
+@setup_logging.connect
+def _logging(loglevel: int | str | None = None, **_: object) -> None:
+    """The service's log format (``ESFT_LOG_FORMAT``: one JSON object per line by default) instead of Celery's."""
+    configure_logging(settings.log_format, loglevel or logging.INFO)
 
 
 @worker_process_init.connect

@@ -1,5 +1,5 @@
-"""The reaper: re-enqueues steps whose worker stopped heartbeating (or that were never delivered), and deletes
-expired files no unfinished job uses (``expires_after`` on upload).
+"""The reaper: re-enqueues steps whose worker stopped heartbeating (or that were never delivered), deletes
+expired files no unfinished job uses (``expires_after`` on upload) and the secrets of finished jobs.
 
 No embedded broker redelivers a task after a whole worker dies, and Redis redelivers long tasks while they
 still run, so recovery comes from the jobs table. Runs as a thread in every worker, or alone:
@@ -12,7 +12,7 @@ import argparse
 import logging
 import threading
 
-from api.core import runs
+from api.core import job_secrets, runs
 from api.core.db.session import session_scope
 from api.core.queue import Queue
 from api.core.settings import Settings
@@ -31,6 +31,7 @@ def reap_once(settings: Settings, queue: Queue) -> list[str]:
     with session_scope(settings.database_url) as session:
         for file_id in sweep_expired(session, LocalStorage(settings.storage_dir)):
             log.info("deleted expired file %s", file_id)
+        job_secrets.sweep(settings, session)
     return ids
 
 

@@ -147,6 +147,9 @@ def train(ctx: StepContext) -> dict[str, Any]:
     resume = has_checkpoint(train_dir)
     if resume:
         ctx.log("Resuming training from the latest checkpoint.")
+    gpus = (ctx.job.resources or {}).get("gpus", 1)
+    if gpus > 1:
+        return train_on_devices(ctx, gpus, config, resume)
     result = ctx.lib.train(
         ctx.model_dir,
         ctx.training_path,
@@ -160,6 +163,31 @@ def train(ctx: StepContext) -> dict[str, Any]:
     )
     ctx.log(f"Training finished: {result.steps} steps, final loss {result.final_loss}.")
     return {"trained_tokens": result.trained_tokens}
+
+
+def train_on_devices(ctx: StepContext, gpus: int, config: TrainingConfig, resume: bool) -> dict[str, Any]:
+    """``train`` in ``gpus`` processes (torchrun, one per device): launched, streamed and stopped by the step."""
+    from worker import distributed_launch
+
+    train_dir = ctx.work / TRAIN_DIR
+    try:
+        launch = distributed_launch.train_launch(
+            gpus, ctx.model_dir, ctx.training_path, ctx.work / EXPERT_CONFIG, train_dir, config,
+            validation_path=ctx.validation_path, resume=resume,
+        )  # fmt: skip
+        report = distributed_launch.run(
+            launch,
+            reporter=ctx.reporter,
+            should_stop=ctx.should_stop,
+            grace_s=ctx.settings.stop_grace_s,
+            on_start=lambda pid: ctx.log(
+                f"Training in {gpus} processes (torchrun, process group {pid}).", data={"pgid": pid, "nproc": gpus}
+            ),
+        )
+    except distributed_launch.LaunchFailed as exc:
+        raise StepFailed("training_failed", exc.message, param=exc.param) from None
+    ctx.log(f"Training finished: {report['steps']} steps, final loss {report['final_loss']}.")
+    return {"trained_tokens": report.get("trained_tokens")}
 
 
 def _result_file(session, ctx: StepContext) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Task
 
+from api.core.logs import job_context
 from api.core.queue import STEPS, TASK_NAMES
 from worker.app import app, queue, settings
 from worker.runner import TransientError, run_step
@@ -17,7 +18,8 @@ _RETRY = {"autoretry_for": (TransientError,), "retry_backoff": 2, "retry_jitter"
 
 def _register(step: str) -> Task:
     def run(job_id: str, dispatch_id: str) -> str:
-        return run_step(step, job_id, dispatch_id, settings=settings, queue=queue)
+        with job_context(job_id):  # every log line of the step carries the job id
+            return run_step(step, job_id, dispatch_id, settings=settings, queue=queue)
 
     run.__name__ = run.__qualname__ = step
     run.__doc__ = f"Run the {step!r} step of a job (skipped unless this dispatch is current)."

@@ -14,10 +14,20 @@ class ServiceError(ESFTError):
 
     code = "service_error"
 
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        headers: dict | None = None,
+        type: str | None = None,
+    ):
         super().__init__(message, param=param, code=code)
         self.status = status
         self.headers = headers
+        self.type = type  # the envelope's ``type`` when not the status's usual one (OpenAI's 429 "requests")
 
 
 def not_found(kind: str, ident: str, *, param: str | None = None) -> ServiceError:

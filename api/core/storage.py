@@ -12,12 +12,14 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CHUNK = 1024 * 1024
+STALE_TMP_S = 3600.0  # a temporary file untouched this long belongs to an upload or download that died
 
 
 class TooLarge(Exception):
@@ -93,6 +95,22 @@ class LocalStorage:
 
     def discard(self, tmp_path: Path) -> None:
         Path(tmp_path).unlink(missing_ok=True)
+
+    def sweep_tmp(self, *, older_than_s: float = STALE_TMP_S) -> list[str]:
+        """Delete temporary files not modified for ``older_than_s`` (left by a killed process); returns their names.
+
+        Uploads in progress keep writing, so their files stay fresh; an archive still being downloaded may go,
+        since an open file outlives its name.
+        """
+        cutoff, removed = time.time() - older_than_s, []
+        for entry in self.tmp.iterdir():
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed.append(entry.name)
+            except FileNotFoundError:  # another process swept it first
+                continue
+        return removed
 
     def delete(self, key: str) -> None:
         target = self.path(key)

@@ -13,11 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.inference.routes import create_inference_router
+from api.input_checks import check_request_input
+from api.metrics import mount_metrics
+from api.observe import ObserveMiddleware
 from esft.serving import Engine, EngineConfig, Resolver, dict_resolver
 
 
@@ -66,6 +69,7 @@ def create_inference_app(
         lifespan=functools.partial(_lifespan, engine),
         description="OpenAI-compatible completions over a base MoE model and its ESFT adapters.",
         generate_unique_id_function=lambda route: f"{route.tags[0]}_{route.name}",  # as api.main names them
+        dependencies=[Depends(check_request_input)],  # NUL, NaN, surrogates: 400 before any route, as api.main
     )
     app.state.inference_engine = engine
     app.include_router(create_inference_router())
@@ -79,6 +83,8 @@ def create_inference_app(
     )
     install_error_handlers(app)
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(ObserveMiddleware)
+    mount_metrics(app)
     return app
 
 

@@ -19,9 +19,11 @@ from esft.serving import (
     Completion,
     Engine,
     EngineClosedError,
+    EngineFailure,
     GenerationRequest,
     RequestCancelled,
     RequestHandle,
+    RequestTimeout,
     ServingError,
     TokenEvent,
     UnknownModelError,
@@ -33,6 +35,8 @@ SERVING_STATUS: dict[type[ServingError], int] = {
     AdapterLoadError: 400,
     CacheFullError: 409,
     EngineClosedError: 503,
+    EngineFailure: 500,
+    RequestTimeout: 504,
     RequestCancelled: 499,
 }
 

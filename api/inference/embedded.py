@@ -25,7 +25,8 @@ from api.core.errors import ServiceError, not_found
 from api.core.storage import LocalStorage
 from api.deps import get_principal
 from api.inference.routes import create_inference_router
-from api.services import checkpoints, registry
+from api.services import checkpoints, quotas, registry
+from api.services.auth import Principal
 from api.services.checkpoints import CheckpointModel
 from esft.constants import ADAPTER_WEIGHTS_NAME
 from esft.serving import Engine, EngineConfig
@@ -53,6 +54,7 @@ class EnginePool:
         self.engines: dict[str, Engine] = {}
         self._adapters: dict[str, Adapter] = {}  # rows as last read by a request, for the engines' resolver
         self._checkpoints: dict[str, tuple[CheckpointModel, str]] = {}  # name -> (checkpoint, base model path)
+        self._owners: dict[str, str] = {}  # adapter or checkpoint name -> project id, for scoping the cache views
         self._lock = threading.Lock()
 
     def __call__(self, request: Request, model: str | None) -> Engine:
@@ -60,13 +62,14 @@ class EnginePool:
             if not self.engines:
                 raise ServiceError(503, "No model has been served yet.", code="inference_idle")
             return next(iter(self.engines.values()))
-        base_id, path = self._lookup(model, request.state.principal.project_id)
+        base_id, path = self._lookup(model, request.state.principal)
         return self.engine(base_id, path)
 
-    def _lookup(self, model: str, project_id: str) -> tuple[str, str]:
-        """(base model id, its path) for a base model, or an adapter or checkpoint of the caller's project."""
+    def _lookup(self, model: str, principal: Principal) -> tuple[str, str]:
+        """(base model id, its path) for a base model, or an adapter or checkpoint of the caller's project (any
+        project's adapter for an admin key)."""
         with self.sessions() as session:
-            found = self._find(session, model, project_id)
+            found = self._find(session, model, principal)
             base = session.get(BaseModel, model if found is None else found.base_model)
         if base is None:
             raise not_found("model", model, param="model")
@@ -79,20 +82,48 @@ class EnginePool:
             )
         if isinstance(found, Adapter):
             self._adapters[model] = found
+            self._owners[model] = found.project_id
         elif found is not None:
             checkpoints.available(self.storage, found)
             self._checkpoints[model] = (found, base.path)
+            self._owners[model] = principal.project_id
         return base.id, base.path
 
     @staticmethod
-    def _find(session: Session, model: str, project_id: str) -> Adapter | CheckpointModel | None:
+    def _find(session: Session, model: str, principal: Principal) -> Adapter | CheckpointModel | None:
         """The adapter or checkpoint ``model`` names (one read of its row), None for a base model's name."""
         if checkpoints.is_checkpoint_name(model):
-            return checkpoints.find(session, project_id, model)  # 404 for another project's, as adapters
+            return checkpoints.find(session, principal.project_id, model)  # 404 for another project's, as adapters
         adapter = session.get(Adapter, model)
-        if adapter is not None and adapter.project_id != project_id:
+        if adapter is not None and adapter.project_id != principal.project_id and not principal.is_admin:
             raise not_found("model", model, param="model")  # as /v1/models/{id}: existence never leaks
         return adapter
+
+    def visible(self, request: Request, stats: dict) -> dict:
+        """An engine's ``stats`` as the caller may see them: an admin every adapter, others their project's only."""
+        principal = request.state.principal
+        if principal.is_admin:
+            return stats
+        mine = {name for name, project in self._owners.items() if project == principal.project_id}
+        cache = stats["cache"]
+        scoped = {**stats, "cache": {**cache, "adapters": [a for a in cache["adapters"] if a["name"] in mine]}}
+        if stats.get("slots"):
+            scoped["slots"] = {**stats["slots"], "resident": [n for n in stats["slots"]["resident"] if n in mine]}
+        return scoped
+
+    def check_pin(self, request: Request, engine: Engine, name: str) -> None:
+        """Pinning ``name`` keeps the caller's project within its pinned-bytes quota (admins pin freely)."""
+        principal = request.state.principal
+        if principal.is_admin:
+            return
+        adding = engine.load_adapter(name)
+        pinned = sum(
+            entry.nbytes
+            for pool_engine in list(self.engines.values())
+            for entry in pool_engine.cache.entries()
+            if entry.pinned and entry.name != name and self._owners.get(entry.name) == principal.project_id
+        )
+        quotas.check_pinned(request.app.state.settings, principal, pinned, 0 if adding.pinned else adding.nbytes)
 
     def engine(self, base_id: str, path: str) -> Engine:
         """The engine of a base model, loading it once even under concurrent first requests."""
@@ -116,6 +147,11 @@ class EnginePool:
         row = self._adapters.get(name)
         return None if row is None else registry.verify(self.storage, row, skip=(ADAPTER_WEIGHTS_NAME,))
 
+    def problem(self) -> str | None:
+        """Why inference cannot serve (an engine whose scheduler stopped), for ``/health/ready``."""
+        dead = sorted(base for base, engine in self.engines.items() if not engine.health()["alive"])
+        return f"The inference engine of {', '.join(dead)} stopped; restart the server." if dead else None
+
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
@@ -127,6 +163,7 @@ def mount_inference_pool(app: FastAPI, config: EngineConfig | None = None, *, on
     pool = EnginePool(app.state.session_factory, app.state.storage, config, only=only)
     app.state.inference_pool = pool
     app.state.shutdown_hooks.append(pool.close)
+    app.state.readiness_checks.append(pool.problem)
     app.include_router(create_inference_router(pool, dependencies=[Depends(get_principal)]))
     return pool
 

@@ -20,7 +20,7 @@ from api.schemas.inference import AdapterPin, ChatCompletionRequest, CompletionR
 from api.schemas.inference_objects import AdapterState, ChatCompletion, EngineState, TextCompletion
 
 TAG = {"name": "inference", "description": "OpenAI-compatible chat and text completions over base models and adapters."}
-ERRORS = error_responses(400, 404, 409, 503)
+ERRORS = error_responses(400, 401, 404, 409, 429, 503)
 
 
 def _stream_of(event: str) -> dict[int | str, dict[str, Any]]:

@@ -8,7 +8,8 @@ loaded and a service can keep one engine per base model. The getter may refuse a
 ``ServiceError``), which is how the embedding service hides adapters of another project.
 
 A request with ``n`` choices is ``n`` engine requests (choice ``i`` of a seeded request uses ``seed + i``);
-they are decoded in the same batches.
+they are decoded in the same batches. Each has the deployment's deadline (``inference_request_timeout_s``),
+and a client that disconnects cancels its choices, streamed or not, so their batch places free at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from esft.serving import CachedAdapter, Engine, GenerationRequest, SamplingParam
 
 EngineGetter = Callable[[Request, str | None], Engine]
 Body = ChatCompletionRequest | CompletionRequest
+DISCONNECT_POLL_S = 0.1
+"""How often a non-streaming request checks that its client is still connected while it waits."""
 
 
 def _default_engine(request: Request, model: str | None = None) -> Engine:
@@ -84,7 +87,7 @@ class InferenceRoutes:
     def _token_texts(self, engine: Engine) -> TokenTexts:
         return self._texts.setdefault(id(engine.tokenizer), TokenTexts(engine.tokenizer))
 
-    async def _submit(self, engine: Engine, body: Body, prompt_ids: list[int], prefix: str):
+    async def _submit(self, engine: Engine, body: Body, prompt_ids: list[int], prefix: str, timeout_s: float | None):
         """Submit the ``n`` choices; a refusal cancels the choices already queued."""
         if body.n > engine.config.max_choices:
             raise ServiceError(
@@ -94,7 +97,7 @@ class InferenceRoutes:
         pending: list[AsyncRequest] = []
         try:
             for choice in range(body.n):
-                request = GenerationRequest(prompt_ids, adapter, _sampling(body, choice))
+                request = GenerationRequest(prompt_ids, adapter, _sampling(body, choice), timeout_s=timeout_s)
                 pending.append(await AsyncRequest.submit(engine, request))
         except ServiceError as exc:
             for queued in pending:
@@ -108,25 +111,28 @@ class InferenceRoutes:
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
         engine = await self._allowed(request, body.model)
         ids = await call(engine.encode, [m.as_dict() for m in body.messages])
-        pending, meta = await self._submit(engine, body, ids, "chatcmpl")
+        pending, meta = await self._submit(engine, body, ids, "chatcmpl", _deadline(request))
         texts = self._token_texts(engine)
         if body.stream:
             events = chat_chunks(pending, meta, body.include_usage, texts, bool(body.logprobs))
             return StreamingResponse(events, media_type="text/event-stream")
-        return chat_completion(meta, await _results(pending), texts)
+        return chat_completion(meta, await _results(pending, request), texts)
 
     async def complete(self, body: CompletionRequest, request: Request) -> Any:
         engine = await self._allowed(request, body.model)
         ids = await call(_prompt_ids, engine, body.prompt)
-        pending, meta = await self._submit(engine, body, ids, "cmpl")
+        pending, meta = await self._submit(engine, body, ids, "cmpl", _deadline(request))
         texts = self._token_texts(engine)
         if body.stream:
             events = text_chunks(pending, meta, body.include_usage, texts, body.logprobs is not None)
             return StreamingResponse(events, media_type="text/event-stream")
-        return text_completion(meta, await _results(pending), texts)
+        return text_completion(meta, await _results(pending, request), texts)
 
     async def list_adapters(self, request: Request) -> Any:
-        return EngineState(data=await call((await run_in_threadpool(self.engine, request, None)).stats))
+        stats = await call((await run_in_threadpool(self.engine, request, None)).stats)
+        if (visible := getattr(self.engine, "visible", None)) is not None:  # the service scopes it to the caller
+            stats = visible(request, stats)
+        return EngineState(data=stats)
 
     async def load(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)
@@ -139,21 +145,38 @@ class InferenceRoutes:
 
     async def pin(self, name: str, request: Request, body: AdapterPin | None = None) -> Any:
         engine = await self._allowed(request, name)
-        return _adapter_state(await call(engine.pin_adapter, name, True if body is None else body.pinned))
+        pinned = True if body is None else body.pinned
+        if pinned and (check := getattr(self.engine, "check_pin", None)) is not None:  # the service's quota
+            await run_in_threadpool(check, request, engine, name)
+        return _adapter_state(await call(engine.pin_adapter, name, pinned))
 
     async def unpin(self, name: str, request: Request) -> Any:
         engine = await self._allowed(request, name)
         return _adapter_state(await call(engine.pin_adapter, name, False))
 
 
-async def _results(pending: Sequence[AsyncRequest]):
-    """Every choice's completion; the first failure cancels the others and is raised."""
+def _deadline(request: Request) -> float | None:
+    """The deployment's per-request deadline (``None`` on the standalone app: the engine's own default)."""
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "inference_request_timeout_s", None)
+
+
+async def _results(pending: Sequence[AsyncRequest], request: Request):
+    """Every choice's completion; the first failure cancels the others and is raised. A client that
+    disconnects meanwhile cancels them all (uvicorn does not cancel a non-streaming handler by itself)."""
     tasks = [asyncio.ensure_future(p.result()) for p in pending]
+    gathered = asyncio.gather(*tasks)
     try:
-        return await asyncio.gather(*tasks)
+        while True:
+            done, _ = await asyncio.wait({gathered}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return gathered.result()
+            if await request.is_disconnected():
+                raise ServiceError(499, "The client closed the connection.", code="client_disconnected")
     finally:
         for task in tasks:
-            task.cancel()
+            task.cancel()  # AsyncRequest.events cancels the engine request of every unfinished choice
+        gathered.cancel()
 
 
 def create_inference_router(

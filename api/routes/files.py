@@ -8,11 +8,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
+from api.core.errors import ServiceError
 from api.core.storage import CHUNK
 from api.deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
 from api.schemas.common import COMMON_ERRORS, DeletedObject, binary_response, error_responses
 from api.schemas.files import FileList, FileObject
-from api.services import files
+from api.services import files, quotas
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=COMMON_ERRORS)
 
@@ -38,6 +39,7 @@ async def create(
     ] = None,
 ) -> FileObject:
     expires_after_s = files.check_expiry(expires_anchor, expires_seconds)
+    quotas.check_storage(session, settings, principal, 1, stored=False)  # already full: refuse before reading
     row = await files.upload(
         session,
         storage,
@@ -48,6 +50,11 @@ async def create(
         chunks=_chunks(file),
         expires_after_s=expires_after_s,
     )
+    try:
+        quotas.check_storage(session, settings, principal, row.bytes, stored=True)
+    except ServiceError:
+        files.delete(session, storage, principal.project_id, row.id)
+        raise
     return files.to_public(row)
 
 

@@ -19,7 +19,7 @@ from api.schemas.jobs import (
     JobObject,
     JobStatus,
 )
-from api.services import artifacts, events, jobs
+from api.services import artifacts, events, jobs, quotas
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine_tuning"], responses=COMMON_ERRORS)
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -29,6 +29,8 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 def create_job(
     principal: PrincipalDep, session: SessionDep, queue: QueueDep, settings: SettingsDep, body: JobCreate
 ) -> JobObject:
+    quotas.check_devices(session, settings, principal, quotas.devices_of(body))
+    quotas.check_storage(session, settings, principal, 1, stored=False, what="the job's model")  # room left?
     job = jobs.create(session, queue, settings, principal.project_id, body)
     return jobs.to_public(session, job)
 
@@ -101,8 +103,13 @@ def pause_job(principal: PrincipalDep, session: SessionDep, fine_tuning_job_id: 
     response_model=JobObject,
     responses=error_responses(409),
 )
-def resume_job(principal: PrincipalDep, session: SessionDep, queue: QueueDep, fine_tuning_job_id: str) -> JobObject:
+def resume_job(
+    principal: PrincipalDep, session: SessionDep, queue: QueueDep, settings: SettingsDep, fine_tuning_job_id: str
+) -> JobObject:
     """Continue a paused job from its step (training from its latest checkpoint)."""
+    job = jobs.get(session, principal.project_id, fine_tuning_job_id)
+    if job.status == "paused":
+        quotas.check_devices(session, settings, principal, quotas.devices_of(job))
     return jobs.to_public(session, jobs.resume(session, queue, principal.project_id, fine_tuning_job_id))
 
 

@@ -21,7 +21,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=COMMON_ERRORS
 
 @router.get("", name="list", response_model=ModelList)
 def list_(principal: PrincipalDep, session: SessionDep) -> ModelList:
-    return ModelList.of(registry.list_models(session, principal.project_id))
+    """Base models and the caller's adapters; an admin key sees every project's adapters."""
+    return ModelList.of(registry.list_models(session, None if principal.is_admin else principal.project_id))
 
 
 @router.get("/{model}", name="retrieve", response_model=ModelObject)

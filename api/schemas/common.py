@@ -52,7 +52,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
     return {status: {"model": ErrorResponse, "description": "Error"} for status in statuses}
 
 
-COMMON_ERRORS = error_responses(400, 401, 404)
+COMMON_ERRORS = error_responses(400, 401, 404, 429)  # 429: rate limits and quotas
 BINARY = {"type": "string", "format": "binary"}
 
 

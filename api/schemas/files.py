@@ -12,11 +12,15 @@ from api.schemas.common import ListPage
 class ValidationIssue(BaseModel):
     line: int | None = Field(description="1-based line, or null for a file-level problem")
     code: str = Field(description="OpenAI-cookbook code, e.g. example_missing_assistant_message")
-    message: str
+    message: str = Field(description="what is wrong, quoting at most a short excerpt of the line")
 
 
 class ValidationReport(BaseModel):
-    """What the line-by-line validation found; ``ok`` says whether the file can be trained on as is."""
+    """What the line-by-line validation found; ``ok`` says whether the file can be trained on as is.
+
+    Bounded whatever the file: ``errors`` keeps the first problems (the deployment's ``max_report_errors``),
+    each message cut to 200 characters; ``error_counts`` counts them all and ``errors_omitted`` the rest.
+    """
 
     ok: bool
     n_lines: int
@@ -25,6 +29,7 @@ class ValidationReport(BaseModel):
     formats: dict[str, int] = Field(default_factory=dict)
     errors: list[ValidationIssue] = Field(default_factory=list)
     error_counts: dict[str, int] = Field(default_factory=dict)
+    errors_omitted: int = Field(default=0, description="problems counted in error_counts but not listed in errors")
     token_stats: dict[str, float] | None = None
     n_over_context: int = 0
 

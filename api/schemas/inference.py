@@ -18,6 +18,7 @@ from api.schemas import openai_params
 
 MAX_SEED = 2**63 - 1  # esft.serving.requests.MAX_SEED (not imported: that package needs torch)
 MAX_N = 128  # OpenAI's bound; the engine's `max_choices` is the server's own, lower one
+MAX_JSON_SCHEMA_CHARS = 65_536  # esft.serving.requests.MAX_JSON_SCHEMA_CHARS: the grammar masks every step
 
 Penalty = Annotated[float, Field(default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False)]
 
@@ -112,8 +113,17 @@ class ChatMessage(_Closed):
 class JsonSchemaFormat(_Closed):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="a JSON schema")
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description=f"a JSON schema (at most {MAX_JSON_SCHEMA_CHARS} characters)"
+    )
     strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _bounded(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(schema)) > MAX_JSON_SCHEMA_CHARS:
+            raise ValueError(f"the schema is too long: at most {MAX_JSON_SCHEMA_CHARS} characters of JSON")
+        return schema
 
 
 class ResponseFormat(_Closed):

@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 from api.schemas.common import ListPage, StrictRequest
 from api.schemas.options import AutoValue, api_options, field_of, model_of
 
-__all__ = ["AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method", "SupervisedHyperparameters"]
+__all__ = [
+    "AutoValue", "ESFTParams", "Hyperparameters", "JobCreate", "Method", "Resources", "SupervisedHyperparameters",
+]
 
 
 JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
@@ -48,6 +50,18 @@ class Method(StrictRequest):
     supervised: SupervisedParams | None = None
 
 
+class Resources(StrictRequest):
+    """What one job runs on. Several devices: the worker launches one training process per device (torchrun)."""
+
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="devices (one node) that train this job, data parallel; at most the service's "
+        "`max_gpus_per_job`. On CPU workers: training processes.",
+    )
+
+
 class JobCreate(StrictRequest):
     model: str = Field(description="a registered base model id (GET /v1/models)")
     training_file: str
@@ -62,6 +76,7 @@ class JobCreate(StrictRequest):
     integrations: list[dict[str, Any]] | None = Field(
         default=None, description="not supported: a non-empty list is refused with 400"
     )
+    resources: Resources | None = Field(default=None, description="default: one device")
 
 
 class JobError(BaseModel):
@@ -100,6 +115,7 @@ class JobObject(BaseModel):
     suffix: str | None = None
     metadata: dict[str, str] | None = None
     integrations: list[Any] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
 
 
 class JobList(ListPage):

@@ -1,10 +1,10 @@
 """Dataset files: streamed upload, line-by-line validation report, listing, content, deletion and expiry.
 
-Uploads stream into a temporary blob (size-limited, hashed). Files that are not line-delimited UTF-8 JSON are
-rejected with 400 and nothing is kept; files with schema problems (roles, missing assistant turn) are kept
-with ``status="error"`` and their report, so a job on them fails at ``validating_files``. An upload with
-OpenAI's ``expires_after`` gets an ``expires_at``; ``sweep_expired`` (run by the worker's reaper) deletes
-expired files that no unfinished job uses.
+Uploads stream into a temporary blob (size-limited, hashed). Files that are not line-delimited UTF-8 JSON (or
+have lines longer or deeper than the deployment accepts) are rejected with 400 and nothing is kept; files with
+schema problems (roles, missing assistant turn) are kept with ``status="error"`` and their report (bounded), so a
+job on them fails at ``validating_files``. An upload with OpenAI's ``expires_after`` gets an ``expires_at``;
+``sweep_expired`` (run by the worker's reaper) deletes expired files that no unfinished job uses.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from api.core.storage import LocalStorage, TooLarge
 from api.schemas.files import FileObject, ValidationReport
 from api.services.common import new_id, page_by_created, unix
 from esft.data.formats import LineLimits
-from esft.data.validation import validate_jsonl
+from esft.data.validation import excerpt, validate_jsonl
 
 PURPOSES = ("fine-tune",)
 EXPIRY_BOUNDS_S = (3600, 30 * 24 * 3600)  # OpenAI's: one hour to thirty days after created_at
-FATAL_CODES = ("invalid_utf8", "invalid_json", "empty_file")
+# Lines that cannot be read at all (within the deployment's line limits) make the file unusable: refused, not kept.
+FATAL_CODES = ("invalid_utf8", "invalid_json", "line_too_long", "too_deeply_nested", "empty_file")
 ACTIVE = ("validating_files", "queued", "running", "paused")  # unfinished: a paused job resumes on its files
 
 
@@ -190,8 +191,17 @@ def summary(report: dict | None) -> str | None:
     return f"{report.get('n_invalid', 0)} invalid line(s) of {report.get('n_lines', 0)} ({counts})"
 
 
+def _public_report(stored: dict | None) -> ValidationReport | None:
+    """The stored report as shown, with the same bounds on rows written before reports were bounded."""
+    if not stored:
+        return None
+    errors = [{**error, "message": excerpt(error["message"])} for error in stored.get("errors", [])]
+    omitted = sum(stored.get("error_counts", {}).values()) - len(errors)
+    return ValidationReport.model_validate({**stored, "errors": errors, "errors_omitted": max(omitted, 0)})
+
+
 def to_public(row: File) -> FileObject:
-    report = ValidationReport.model_validate(row.validation) if row.validation else None
+    report = _public_report(row.validation)
     return FileObject(
         id=row.id,
         bytes=row.bytes,

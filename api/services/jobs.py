@@ -8,12 +8,21 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.core import runs
+from api.core import job_secrets, runs
 from api.core.db.models import BaseModel, Job
 from api.core.errors import ServiceError, not_found
 from api.core.queue import Queue
 from api.core.settings import Settings
-from api.schemas.jobs import ESFTParams, JobCreate, JobError, JobObject, JobProgress, Method, SupervisedParams
+from api.schemas.jobs import (
+    ESFTParams,
+    JobCreate,
+    JobError,
+    JobObject,
+    JobProgress,
+    Method,
+    Resources,
+    SupervisedParams,
+)
 from api.services import files, job_options
 from api.services.common import new_id, page_by_created, unix
 
@@ -46,7 +55,17 @@ def job_method(body: JobCreate) -> dict[str, Any]:
         raise _refuse(f"`method.{other}` does not belong to a {method.type!r} method; set `method.type` to "
                       f"{other!r} or leave it out.", f"method.{other}")
     params = getattr(method, method.type) or (ESFTParams() if method.type == "esft" else SupervisedParams())
-    return {"type": method.type, method.type: params.model_dump(mode="json")}
+    return {"type": method.type, method.type: job_secrets.split(params)[0]}  # secrets are never stored
+
+
+def job_resources(body: JobCreate, settings: Settings) -> dict[str, Any]:
+    """The stored ``resources``: checked against the devices this deployment's workers declare."""
+    resources = body.resources or Resources()
+    limit = settings.max_gpus_per_job
+    if resources.gpus > limit:
+        raise _refuse(f"`resources.gpus` is {resources.gpus}, but no worker of this service has more than {limit} "
+                      f"device(s) for one job; ask for at most {limit}.", "resources.gpus", "insufficient_devices")
+    return resources.model_dump()
 
 
 def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
@@ -71,7 +90,9 @@ def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:
 def create(session: Session, queue: Queue, settings: Settings, project_id: str, body: JobCreate) -> Job:
     """Check model, files and options; store the job as ``validating_files`` and enqueue its validation."""
     method = job_method(body)
+    resources = job_resources(body, settings)
     _check_inputs(session, project_id, body)
+    _, sent_secrets = job_secrets.split(body)
     job_options.check(job_options.spec_values(method, body.seed), settings, method["type"])
     job = Job(
         id=new_id("ftjob"),
@@ -84,10 +105,12 @@ def create(session: Session, queue: Queue, settings: Settings, project_id: str, 
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         suffix=body.suffix,
         metadata_=body.metadata,
+        resources=resources,
         status="validating_files",
         step="validate",
     )
     session.add(job)
+    job_secrets.save(settings, job.id, sent_secrets)  # before the first step is dispatched
     runs.add_event(session, job.id, f"Created fine-tuning job {job.id} on {job.model}.")
     session.flush()
     runs.dispatch(session, job, "validate", queue)
@@ -219,5 +242,6 @@ def to_public(session: Session, job: Job) -> JobObject:
         seed=job.seed,
         suffix=job.suffix,
         metadata=job.metadata_,
+        resources=Resources(**(job.resources or {})),
     )
     return JobObject(**data)

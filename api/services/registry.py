@@ -31,9 +31,31 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def _resolve(path: str) -> Path:
+    """The absolute, symlink-free form of a server path given over HTTP; 400 when it cannot be one."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, name too long, symlink loop, unknown ~user
+        raise ServiceError(
+            400, f"`path` is not a usable server path: {exc}.", code="invalid_path", param="path"
+        ) from None
+
+
+def _check_links(model_dir: Path, roots: list[Path]) -> None:
+    """Refuse a model folder whose files (``config.json``, weights) are links to places outside the roots."""
+    for entry in model_dir.iterdir():
+        if entry.is_symlink() and not _inside(_resolve(str(entry)), roots):
+            raise ServiceError(
+                400,
+                f"{entry.name} in {str(model_dir)!r} links outside the allowed model roots; copy the file instead.",
+                code="path_not_allowed",
+                param="path",
+            )
+
+
 def add_base_model(session: Session, model_id: str, path: str, *, roots: list[Path] | None) -> BaseModel:
     """Register a model directory; ``roots`` (None = any, for local admin CLIs) confines HTTP callers."""
-    resolved = Path(path).expanduser().resolve()
+    resolved = _resolve(path)
     if roots is not None and not _inside(resolved, roots):
         raise ServiceError(
             400,
@@ -45,6 +67,8 @@ def add_base_model(session: Session, model_id: str, path: str, *, roots: list[Pa
         raise ServiceError(
             400, f"{path!r} is not a directory on the server.", code="model_path_not_found", param="path"
         )
+    if roots is not None:
+        _check_links(resolved, roots)
     try:
         identity = model_identity(resolved)
     except ESFTError as exc:
@@ -103,11 +127,13 @@ def register_adapter(session: Session, storage: LocalStorage, job: Job, name: st
     return row
 
 
-def list_models(session: Session, project_id: str) -> list[ModelObject]:
+def list_models(session: Session, project_id: str | None) -> list[ModelObject]:
+    """Base models and the project's adapters (every project's when ``project_id`` is None: an admin key)."""
     bases = session.scalars(select(BaseModel).order_by(BaseModel.created_at)).all()
-    adapters = session.scalars(
-        select(Adapter).where(Adapter.project_id == project_id).order_by(Adapter.created_at)
-    ).all()
+    query = select(Adapter).order_by(Adapter.created_at)
+    if project_id is not None:
+        query = query.where(Adapter.project_id == project_id)
+    adapters = session.scalars(query).all()
     return [base_public(b) for b in bases] + [adapter_public(a) for a in adapters]
 
 

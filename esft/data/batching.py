@@ -1,7 +1,7 @@
-"""Batching: padded collation, deterministic length-grouped batch order, and the train/validation split.
+"""Batching: padded and packed collation, deterministic length-grouped batch order, the train/validation split.
 
-Sequences are padded, never packed: each row of a batch holds one example, so no token can attend to
-another example's tokens (packing without that leakage needs per-example attention masks, out of scope).
+Padded batches hold one example per row; packed ones (``collate_packed``) hold a whole micro-batch in one row
+whose attention runs per example (``esft.models.packed_attention``), so no token attends to another example's.
 Every random choice comes from a local generator seeded by ``(seed, epoch)``, never the global RNG, so a
 resumed run sees exactly the batches it would have seen.
 """
@@ -58,66 +58,38 @@ def collate(batch: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
-    """Sample indices per row, first-fit decreasing into rows of ``row_length`` tokens."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        row = next((r for r, free in enumerate(room) if lengths[index] <= free), None)
-        if row is None:
-            rows.append([])
-            room.append(row_length)
-            row = len(rows) - 1
-        rows[row].append(index)
-        room[row] -= lengths[index]
-    return rows
+def collate_packed(batch: Sequence[TokenizedExample], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pack a batch into one row, samples back to back, with ``position_ids`` restarting at 0 for each.
 
-
-def collate_packed(
-    batch: Sequence[TokenizedExample], pad_token_id: int = 0, *, row_length: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Pack a batch into rows with per-sample ``position_ids`` restarting at 0 and no attention mask.
-
-    transformers' masking keeps packed samples apart (a block-diagonal causal mask) exactly when positions
-    restart at 0, ``attention_mask`` is None and there is no cache; ``esft.models.families.PACKING_EXACT`` lists
-    the families where that is proven to give the per-sample logits. Rows are ``row_length`` tokens (default:
-    the longest sample, so attention costs what padding to it would) filled first-fit decreasing; a row's
-    unused tail is one more segment of pad tokens that nothing attends to and no label uses. Each sample's first
-    label is ignored: in the row it would be predicted from the previous sample's last token.
+    No padding at all: attention runs per sample (``esft.models.packed_attention``, found from the
+    positions), so the row costs the sum of the samples' attention, never the square of the whole row.
+    ``esft.models.families.PACKING_EXACT`` lists the families where that is proven to give the per-sample
+    logits. Each sample's first label is ignored: in the row it would be predicted from the previous
+    sample's last token. ``pad_token_id`` is unused (kept so both collates are called alike).
 
     Returns:
-        ``input_ids``, ``labels`` and ``position_ids``, each ``[rows, row_length]``.
+        ``input_ids``, ``labels`` and ``position_ids``, each ``[1, total tokens]``.
 
     >>> from esft.data.tokenize import TokenizedExample
     >>> packed = collate_packed([TokenizedExample([5, 6], [5, 6], False, 1), TokenizedExample([7], [7], False, 2)])
     >>> packed["position_ids"].tolist(), packed["labels"].tolist()
-    ([[0, 1], [0, 0]], [[-100, 6], [-100, -100]])
+    ([[0, 1, 0]], [[-100, 6, -100]])
     """
     if not batch:
         raise ValueError("cannot pack an empty batch")
-    lengths = [len(ex.input_ids) for ex in batch]
-    row_length = row_length or max(lengths)
-    rows = _pack_rows(lengths, row_length)
-    input_ids = torch.full((len(rows), row_length), pad_token_id, dtype=torch.long)  # [R, L]
-    labels = torch.full((len(rows), row_length), IGNORE_INDEX, dtype=torch.long)  # [R, L]
-    positions = torch.zeros((len(rows), row_length), dtype=torch.long)  # [R, L]
-    for r, members in enumerate(rows):
-        start = 0
-        for index in members:
-            ex, n = batch[index], lengths[index]
-            input_ids[r, start : start + n] = torch.tensor(ex.input_ids)
-            labels[r, start + 1 : start + n] = torch.tensor(ex.labels[1:])
-            positions[r, start : start + n] = torch.arange(n)
-            start += n
-        positions[r, start:] = torch.arange(row_length - start)  # the pad tail: its own segment
-    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+    ids, labels, positions = [], [], []
+    for example in batch:
+        ids.extend(example.input_ids)
+        labels.extend([IGNORE_INDEX, *example.labels[1:]])
+        positions.extend(range(len(example.input_ids)))
+    return {name: torch.tensor([values], dtype=torch.long)
+            for name, values in (("input_ids", ids), ("labels", labels), ("position_ids", positions))}
 
 
-def padding_tokens(batch: Sequence[TokenizedExample], *, packed: bool = False) -> int:
-    """Pad tokens ``collate`` (or, with ``packed``, ``collate_packed``) adds to this batch."""
+def padding_tokens(batch: Sequence[TokenizedExample]) -> int:
+    """Pad tokens ``collate`` adds to this batch (what packing saves)."""
     lengths = [len(ex.input_ids) for ex in batch]
-    rows = len(_pack_rows(lengths, max(lengths))) if packed else len(lengths)
-    return rows * max(lengths) - sum(lengths)
+    return len(lengths) * max(lengths) - sum(lengths)
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

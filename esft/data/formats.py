@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +35,17 @@ _MESSAGE_KEYS = ("role", "content")
 _OPTIONAL_MESSAGE_KEYS = ("name", "weight")
 
 ExampleKind = Literal["chat", "completion", "text"]
+
+# Values quoted in error messages are cut short: a hostile line must not become a huge report.
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = _EXCERPT.maxother = 60
+_EXCERPT.maxlist = _EXCERPT.maxdict = 8
+_EXCERPT.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A short ``repr`` of a value from the data, for error messages."""
+    return _EXCERPT.repr(value)
 
 
 @dataclass(frozen=True)
@@ -77,20 +89,20 @@ def _parse_message(message: Any, index: int, line: int) -> dict[str, Any]:
     if unknown:
         allowed = ", ".join(_MESSAGE_KEYS + _OPTIONAL_MESSAGE_KEYS)
         raise DataFormatError(
-            f"{where} has unrecognized key(s) {unknown}; allowed keys are {allowed}",
+            f"{where} has unrecognized key(s) {_show(unknown)}; allowed keys are {allowed}",
             line=line,
             code="message_unrecognized_key",
         )
     role = message["role"]
     if role not in ROLES:
         raise DataFormatError(
-            f"{where} has role {role!r}; expected one of {', '.join(ROLES)}",
+            f"{where} has role {_show(role)}; expected one of {', '.join(ROLES)}",
             line=line,
             code="unrecognized_role",
         )
     if not _has_content(message["content"]):
         raise DataFormatError(
-            f"{where} ({role}) has empty or non-string content {message['content']!r}; content must be text",
+            f"{where} ({role}) has empty or non-string content {_show(message['content'])}; content must be text",
             line=line,
             code="missing_content",
         )
@@ -98,7 +110,7 @@ def _parse_message(message: Any, index: int, line: int) -> dict[str, Any]:
         raise DataFormatError(f"{where} has a non-string 'name'", line=line, code="data_type")
     if "weight" in message and (isinstance(message["weight"], bool) or message["weight"] not in (0, 1)):
         raise DataFormatError(
-            f"{where} has weight {message['weight']!r}; weight must be 0 or 1",
+            f"{where} has weight {_show(message['weight'])}; weight must be 0 or 1",
             line=line,
             code="invalid_weight",
         )
@@ -167,7 +179,7 @@ def parse_example(obj: Any, line: int) -> Example:
             raise DataFormatError("'text' must be a non-empty string", line=line, code="missing_content")
         return Example(kind="text", text=obj["text"], line=line)
     raise DataFormatError(
-        f"unknown format with keys {sorted(obj)}; expected 'messages', 'prompt' and 'completion', or 'text'",
+        f"unknown format with keys {_show(sorted(obj))}; expected 'messages', 'prompt' and 'completion', or 'text'",
         line=line,
         code="unknown_format",
     )
@@ -215,6 +227,9 @@ def _parse_line(raw: bytes, line: int, limits: LineLimits = LineLimits()) -> Exa
         obj = json.loads(decoded)
     except json.JSONDecodeError as exc:
         message = f"invalid JSON ({exc.msg} at column {exc.colno}); each line must hold one JSON object"
+        raise DataFormatError(message, line=line, code="invalid_json") from None
+    except ValueError:  # an integer longer than Python's int_max_str_digits (4300 digits)
+        message = "invalid JSON (a number with too many digits); each line must hold one JSON object"
         raise DataFormatError(message, line=line, code="invalid_json") from None
     except RecursionError:
         obj = None  # deeper than the parser's own limit: reported as too deep below

@@ -16,6 +16,13 @@ from typing import Any
 from esft.data.formats import Example, LineLimits, example_text, iter_lines
 from esft.errors import ConfigError, DataFormatError
 
+MAX_MESSAGE_CHARS = 200  # a kept problem's message is cut to this, so a report stays small whatever the file
+
+
+def excerpt(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    return message if len(message) <= limit else message[: limit - 1] + "\u2026"
+
 
 @dataclass
 class ValidationReport:
@@ -27,8 +34,9 @@ class ValidationReport:
         n_invalid: non-blank lines that are not valid examples.
         formats: valid examples per kind, e.g. ``{"chat": 10}``.
         errors: the first ``max_errors`` problems, each ``{"line", "code", "message"}`` (``line`` is None for
-            file-level problems).
+            file-level problems; ``message`` at most ``MAX_MESSAGE_CHARS`` long).
         error_counts: every problem counted by code, including those past ``max_errors``.
+        errors_omitted: problems counted in ``error_counts`` but not kept in ``errors``.
         token_stats: ``total``, ``min``, ``max``, ``mean``, ``p50``, ``p95`` of the estimated token counts of
             valid examples, or None when no tokenizer was given (or nothing was valid).
         n_over_context: valid examples whose estimated token count exceeds ``max_context``.
@@ -42,6 +50,7 @@ class ValidationReport:
     formats: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_counts: dict[str, int] = field(default_factory=dict)
+    errors_omitted: int = 0
     token_stats: dict[str, float] | None = None
     n_over_context: int = 0
     min_examples: int = 1
@@ -53,10 +62,12 @@ class ValidationReport:
         return not self.error_counts and self.n_examples >= self.min_examples
 
     def add_error(self, line: int | None, code: str, message: str) -> None:
-        """Count a problem, and keep its details if fewer than ``max_errors`` are kept."""
+        """Count a problem, and keep its details (message cut short) if fewer than ``max_errors`` are kept."""
         self.error_counts[code] = self.error_counts.get(code, 0) + 1
         if len(self.errors) < self.max_errors:
-            self.errors.append({"line": line, "code": code, "message": message})
+            self.errors.append({"line": line, "code": code, "message": excerpt(message)})
+        else:
+            self.errors_omitted += 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field plus ``ok``."""

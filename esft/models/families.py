@@ -79,20 +79,20 @@ NO_TOY_MODEL: dict[str, str] = {
     "unlimited_ocr": _NO_CAUSAL_LM.format("OCR image-text-to-text model"),
 }
 
-# Families whose packed rows (``esft.data.batching.collate_packed``) give exactly the per-sample logits, as the
-# per-family test (tests/esft/data/test_packing.py) proves; training packs batches only for these. The others
-# let packed samples see each other: gpt_oss (its forward does not pass position_ids to the mask), afmoe,
-# deepseek_v4, zaya and the hybrid/recurrent families (bailing_hybrid, granitemoehybrid, jamba,
-# kimi_linear, lfm2_moe, minimax, nemotron_h, qwen3_next, qwen3_5_moe_text, qwen4_exp_text, the inkling
-# texts): recurrent state or their own masks run across sample boundaries; gemma4_text differs by 2e-5 (more
-# than float reassociation, less than a leak) and stays padded.
+# Families whose packed rows (``esft.data.batching.collate_packed`` with ``esft.models.packed_attention``) give
+# exactly the per-sample logits, as the per-family test (tests/esft/data/test_packing.py) proves; training packs
+# batches only for these. The others stay padded: the DSA families (axk2, deepseek_v32, dots3_note_text,
+# glm_moe_dsa, hy_v4) read the attention mask in their own indexer code; deepseek_v4, zaya and
+# granitemoehybrid get no position_ids in attention; the inkling texts use a position bias; the hybrid/recurrent
+# families (bailing_hybrid, jamba, kimi_linear, lfm2_moe, minimax, nemotron_h, qwen3_next, qwen3_5_moe_text,
+# qwen4_exp_text) carry recurrent state across sample boundaries; gemma4_text differs by 5e-6 (more than float
+# reassociation on these toys, less than a leak) and stays padded.
 # fmt: off
 PACKING_EXACT: frozenset[str] = frozenset({
-    "aria_text", "axk1", "axk2", "beam", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1",
-    "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "flint", "glm4_moe", "glm4_moe_lite",
-    "glm_moe_dsa", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4",
-    "kolibri1", "laguna", "lara_mini", "mellum", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "mixtral",
-    "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "solar_open",
+    "afmoe", "aria_text", "axk1", "beam", "cohere2_moe", "deepseek_v2", "deepseek_v3", "dots1", "ernie4_5_moe",
+    "exaone_moe", "flex_olmo", "flint", "glm4_moe", "glm4_moe_lite", "gpt_oss", "granitemoe", "granitemoe_swa",
+    "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "kolibri1", "laguna", "lara_mini", "mellum", "mimo_v2_flash",
+    "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "solar_open",
 })
 # fmt: on
 

@@ -6,8 +6,9 @@ rendezvous; several nodes (``--nnodes M``, the same command on every node with i
 c10d rendezvous at ``--master-addr:--master-port``, hosted by node 0. Process groups use the global ranks
 torchrun assigns (``RANK``), never ``LOCAL_RANK``, so groups stay right beyond one node.
 
-The ranks run in the launcher's process group: a SIGTERM sent to the group reaches torchrun and every rank
-(``esft train`` stops at the end of its step with a checkpoint); the launcher itself ignores it and waits.
+torchrun runs in the launcher's process group and forwards SIGTERM/SIGINT to its ranks (each in a process group
+of its own), and ``esft train`` turns SIGTERM into a checkpoint at the end of the step; the launcher itself
+ignores those signals and waits for torchrun.
 """
 
 from __future__ import annotations

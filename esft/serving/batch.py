@@ -18,7 +18,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from esft.serving.decoding import Sampler, TextStream, TokenChoice, next_tokens
-from esft.serving.requests import Completion, RequestHandle, TokenEvent, TokenLogprob, cancelled_error
+from esft.serving.requests import Completion, RequestHandle, TokenEvent, TokenLogprob
 
 
 @dataclass
@@ -152,8 +152,8 @@ class RunningBatch:
         chosen = torch.tensor(tokens, device=self.device).unsqueeze(1)
         self.next_input = chosen if first == 0 else torch.cat([self.next_input, chosen])
         for row, choice in zip(rows, choices, strict=True):
-            if row.handle.cancelled:
-                row.handle.fail(cancelled_error(row.handle.request))
+            if (stop := row.handle.stop_error()) is not None:  # cancelled, or past its deadline
+                row.handle.fail(stop)
             elif isinstance(choice, Exception):
                 row.handle.fail(choice)  # its sampling failed: only this request
             else:

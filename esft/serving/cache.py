@@ -73,6 +73,8 @@ class AdapterCache:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self.evictions = 0
+        self.hits = 0  # lookups served from the cache (for metrics)
+        self.misses = 0  # lookups that loaded the adapter
 
     def __contains__(self, name: str) -> bool:
         with self._lock:
@@ -99,7 +101,9 @@ class AdapterCache:
         with self._lock:
             entry = self._touch(name)
             if entry is not None:
+                self.hits += 1
                 return entry
+            self.misses += 1
             name_lock = self._loading.setdefault(name, threading.Lock())
         with name_lock:
             with self._lock:

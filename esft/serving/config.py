@@ -31,6 +31,8 @@ class EngineConfig:
         device: ``"cuda"``/``"cpu"``; ``None`` picks CUDA when available.
         dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         idle_wait_s: how long the scheduler sleeps when there is nothing to do (woken by new requests).
+        request_timeout_s: default deadline of a request from its submission (``None``: none); past it the
+            request fails with ``RequestTimeout`` and frees its slot. A request's own ``timeout_s`` wins.
 
     >>> EngineConfig(max_batch_size=4).batching
     'mixed'
@@ -46,6 +48,7 @@ class EngineConfig:
     device: str | None = None
     dtype: str = "auto"
     idle_wait_s: float = 0.5
+    request_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -58,6 +61,7 @@ class EngineConfig:
             (self.max_choices >= 1, f"`max_choices` must be >= 1, got {self.max_choices}"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"`dtype` {self.dtype!r} is not known"),
             (self.idle_wait_s > 0, "`idle_wait_s` must be > 0"),
+            (self.request_timeout_s is None or self.request_timeout_s > 0, "`request_timeout_s` must be > 0"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +30,29 @@ from esft.serving.batch import Row, RunningBatch
 from esft.serving.cache import AdapterCache, CachedAdapter, Resolver
 from esft.serving.config import EngineConfig
 from esft.serving.decoding import Sampler, TextStream
-from esft.serving.errors import EngineClosedError, ServingError
-from esft.serving.grammar import GrammarCompiler, JsonConstraint
-from esft.serving.requests import EventCallback, GenerationRequest, RequestHandle, cancelled_error
+from esft.serving.errors import EngineClosedError, EngineFailure, ServingError
+from esft.serving.grammar import GrammarCompiler
+from esft.serving.requests import EventCallback, GenerationRequest, RequestHandle
 from esft.serving.slots import ExpertSlots
 from esft.serving.swap import HotSwap
 
 log = logging.getLogger(__name__)
 
+MAX_CONSECUTIVE_FAILURES = 3
+"""Scheduler iterations failing in a row (each failing the requests it decoded) before the engine gives up:
+a fault that repeats is not transient, and failing fast beats requests waiting forever."""
+OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
+
 
 @dataclass
 class _Pending:
+    """A validated request waiting for a place in the batch, with its sampler and detokeniser built."""
+
     handle: RequestHandle
     entry: CachedAdapter | None  # None: the base model
     max_tokens: int
-    grammar: JsonConstraint | None = None  # response_format's constrained decoding
+    sampler: Sampler
+    stream: TextStream
 
 
 class Engine:
@@ -89,6 +97,12 @@ class Engine:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._dead: str | None = None  # why the scheduler thread ended, if it did
+        self._failures = 0  # scheduler iterations that failed (each failing only what it decoded)
+        self._consecutive = 0  # of them, in a row
+        self._last_failure: str | None = None
+        self._outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        self._outcomes_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -137,21 +151,37 @@ class Engine:
         return self
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the scheduler, fail queued and running requests, restore the base weights exactly."""
+        """Stop the scheduler, fail queued and running requests, restore the base weights exactly.
+
+        Works after any scheduler failure (even a dead scheduler thread), so a server can always shut down.
+        """
         with self._cond:
             self._closed = True
+            waiting, self._waiting = list(self._waiting), deque()
             self._cond.notify_all()
+        closed = EngineClosedError("the engine was shut down")
+        for pending in waiting:
+            pending.handle.fail(closed)
         if self._thread is not None:
             self._thread.join(timeout)
         with self.weights_lock:
-            closed = EngineClosedError("the engine was shut down")
             self.batch.fail_all(closed)
-            while self._waiting:
-                self._waiting.popleft().handle.fail(closed)
             self._restore_swap()
             if self.slots is not None:
                 self.slots.detach()
                 self.slots = self.batch.set_rows = None
+
+    def health(self) -> dict[str, Any]:
+        """Whether the scheduler can serve (``alive``), and the iteration failures it survived so far."""
+        thread = self._thread
+        alive = not self._closed and self._dead is None and (thread is None or thread.is_alive())
+        return {
+            "alive": alive,
+            "closed": self._closed,
+            "stopped_by": self._dead,
+            "errors": self._failures,
+            "last_error": self._last_failure,
+        }
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -174,27 +204,43 @@ class Engine:
     def submit(self, request: GenerationRequest, on_event: EventCallback | None = None) -> RequestHandle:
         """Queue a request; loads its adapter first, so unknown or broken adapters raise here.
 
+        Everything a request needs is checked and built here, on the caller's thread, so a bad request
+        fails alone before it joins a batch.
+
         Raises:
             UnknownModelError, AdapterLoadError, CacheFullError: the request's adapter cannot be served.
-            ServingError: the prompt does not fit the model's context, ``max_tokens`` exceeds what is left
-                of it (or ``max_new_tokens``), a ``logit_bias`` token is outside the vocabulary, or the
-                JSON schema cannot be used (``GrammarUnsupportedError``).
+            ServingError: the prompt does not fit the model's context or has token ids outside the
+                vocabulary, ``max_tokens`` exceeds what is left of it (or ``max_new_tokens``), a ``logit_bias``
+                token is outside the vocabulary, or the JSON schema cannot be used (``GrammarUnsupportedError``).
+            EngineClosedError: the engine is shut down, or its scheduler stopped.
         """
+        self._check_open()
+        request.check(self.vocab_size)
         max_tokens = self._max_tokens(request)
         params = request.params
-        if any(token >= self.vocab_size for token, _ in params.logit_bias):
-            raise ServingError(f"`logit_bias` token ids must be < {self.vocab_size}.", param="logit_bias")
         grammar = self.grammars.compile(params.json_schema) if params.json_schema else None
+        sampler, stream = Sampler(params, self.device, grammar), TextStream(self.tokenizer, params.stop)
         entry = None if self.is_base(request.model) else self.cache.get(request.model)
-        pending = _Pending(RequestHandle(request, on_event), entry, max_tokens, grammar)
+        timeout = request.timeout_s if request.timeout_s is not None else self.config.request_timeout_s
+        handle = RequestHandle(request, on_event, timeout_s=timeout, on_done=self._count)
+        pending = _Pending(handle, entry, max_tokens, sampler, stream)
         with self._cond:
-            if self._closed:
-                raise EngineClosedError("the engine is shut down")
+            self._check_open()
             self._waiting.append(pending)
             self._cond.notify_all()
         if self._thread is None:
             self.start()
         return pending.handle
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is shut down")
+        if self._dead is not None:
+            raise EngineClosedError(f"The inference engine stopped ({self._dead}); the server needs a restart.")
+
+    def _count(self, outcome: str) -> None:
+        with self._outcomes_lock:
+            self._outcomes[outcome] += 1
 
     def complete(self, request: GenerationRequest, timeout: float | None = None):
         """Submit and wait: the ``Completion``."""
@@ -254,6 +300,7 @@ class Engine:
             "peak_adapters_in_batch": self.batch.peak_adapters,
             "waiting": waiting,
             "swapped_in": self.swap.active,
+            "requests": dict(self._outcomes),
             "cache": {
                 "budget_bytes": self.cache.budget_bytes,
                 "used_bytes": self.cache.used_bytes,
@@ -271,33 +318,82 @@ class Engine:
     # --------------------------------------------------------------------------------------- scheduler
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._waiting and not len(self.batch):
-                    self._cond.wait(self.config.idle_wait_s)
-                if self._closed:
-                    return
-            with self.weights_lock:
-                self._iteration()
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and not self._waiting and not len(self.batch):
+                        self._cond.wait(self.config.idle_wait_s)
+                    if self._closed:
+                        return
+                with self.weights_lock:
+                    try:
+                        self._iteration()
+                        self._consecutive = 0
+                    except Exception as exc:  # noqa: BLE001 - the scheduler outlives any error
+                        self._recover(exc)
+        except BaseException as exc:  # noqa: BLE001 - the thread ends: fail every request rather than hang
+            self._stopped(exc)
+
+    def _recover(self, error: Exception) -> None:
+        """An iteration failed outside any request's own error handling: fail what it was decoding, go on."""
+        log.exception("engine iteration failed; failing the %d requests it was decoding", len(self.batch))
+        self._failures += 1
+        self._consecutive += 1
+        self._last_failure = f"{type(error).__name__}: {error}"
+        self.batch.fail_all(EngineFailure(f"The engine failed while decoding this request: {self._last_failure}"))
+        if self._consecutive >= MAX_CONSECUTIVE_FAILURES:
+            raise error
+
+    def _stopped(self, error: BaseException) -> None:
+        """The scheduler thread ends on an error: refuse new requests, fail every queued and running one."""
+        log.critical("engine scheduler stopped: %s: %s", type(error).__name__, error, exc_info=error)
+        with self._cond:
+            self._dead = f"{type(error).__name__}: {error}"
+            waiting, self._waiting = list(self._waiting), deque()
+        stopped = EngineClosedError(f"The inference engine stopped ({self._dead}); the server needs a restart.")
+        for pending in waiting:
+            pending.handle.fail(stopped)
+        with self.weights_lock:
+            self.batch.fail_all(stopped)
 
     def _iteration(self) -> None:
         """Admit what fits, then decode one step; an error fails only the requests it touched."""
+        self._drop_stopped()
         self._process_unloads()
         if not len(self.batch) and not self._next_uses(self.swap.active):
             self._restore_swap()  # lazily: kept while the next request wants the same adapter
         cohort = self._admit()
         if cohort:
-            try:
-                self.batch.add(cohort)
-            except Exception as exc:  # noqa: BLE001 - any forward failure fails this cohort, not the engine
-                log.exception("prefill failed")
-                self._fail_cohort(cohort, exc)
+            self._prefill(cohort)
         elif len(self.batch):
             try:
                 self.batch.step()
             except Exception as exc:  # noqa: BLE001
                 log.exception("decode step failed")
                 self.batch.fail_all(exc)
+
+    def _drop_stopped(self) -> None:
+        """Fail queued requests that were cancelled or are past their deadline (they never reach the batch)."""
+        with self._cond:
+            stopped = [(p, error) for p in self._waiting if (error := p.handle.stop_error()) is not None]
+            for pending, _ in stopped:
+                self._waiting.remove(pending)
+        for pending, error in stopped:
+            pending.handle.fail(error)
+
+    def _prefill(self, cohort: list[Row]) -> None:
+        """Join ``cohort`` to the batch. If its forward fails before any row joined, each row is retried
+        alone, so only the request that breaks the forward fails; otherwise the cohort fails."""
+        try:
+            self.batch.add(cohort)
+        except Exception as exc:  # noqa: BLE001 - a prefill failure fails requests, never the engine
+            log.exception("prefill of %d requests failed", len(cohort))
+            joined = {id(row.handle) for row in self.batch.rows}
+            if len(cohort) > 1 and not any(id(row.handle) in joined for row in cohort):
+                for row in cohort:
+                    self._prefill([row])
+            else:
+                self._fail_cohort(cohort, exc)
 
     def _next_uses(self, name: str | None) -> bool:
         with self._cond:
@@ -334,8 +430,8 @@ class Engine:
                 if not self._waiting:
                     break
                 pending = self._waiting[0]
-            if pending.handle.cancelled:
-                self._pop(pending).handle.fail(cancelled_error(pending.handle.request))
+            if (stop := pending.handle.stop_error()) is not None:
+                self._pop(pending).handle.fail(stop)
                 continue
             try:
                 table_row = self._route(pending, cohort)
@@ -371,17 +467,8 @@ class Engine:
         return self.slots.place(entry.name, entry.adapter, keep=keep)
 
     def _row(self, pending: _Pending, table_row: int) -> Row:
-        params = pending.handle.request.params
         name = pending.entry.name if pending.entry else None
-        return Row(
-            pending.handle,
-            name,
-            table_row,
-            pending.max_tokens,
-            Sampler(params, self.device, pending.grammar),
-            TextStream(self.tokenizer, params.stop),
-            self.stop_ids,
-        )
+        return Row(pending.handle, name, table_row, pending.max_tokens, pending.sampler, pending.stream, self.stop_ids)
 
     def _restore_swap(self) -> None:
         self.swap.restore()

@@ -35,7 +35,20 @@ class EngineClosedError(ServingError):
     code = "engine_closed"
 
 
+class EngineFailure(ServingError):
+    """The scheduler failed outside any one request's sampling (a bug or a fault); the requests it was
+    decoding failed with this, the engine carries on."""
+
+    code = "engine_error"
+
+
 class RequestCancelled(ServingError):
     """The request was cancelled (client gone) before it finished."""
 
     code = "cancelled"
+
+
+class RequestTimeout(ServingError):
+    """The request did not finish within its deadline (``timeout_s``); it was stopped and its slot freed."""
+
+    code = "timeout"

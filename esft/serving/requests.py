@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from esft.errors import ConfigError
-from esft.serving.errors import RequestCancelled
+from esft.serving.errors import RequestCancelled, RequestTimeout, ServingError
+
+log = logging.getLogger(__name__)
 
 MIN_TEMPERATURE = 1e-4
 """Temperatures below this decode greedily: dividing logits by them overflows float32 (and the
@@ -20,6 +24,8 @@ BAN_BIAS = -100.0
 """A ``logit_bias`` this low bans the token outright (OpenAI: -100 "should result in a ban")."""
 MAX_SEED = 2**63 - 1
 MAX_TOP_LOGPROBS = 20
+MAX_JSON_SCHEMA_CHARS = 65_536
+"""The longest ``json_schema`` (as JSON text): its grammar masks every decode step of its batch."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class SamplingParams:
             (all(t >= 0 and bounded(b, -100, 100) for t, b in self.logit_bias), "`logit_bias` values: -100 to 100"),
             (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS, "`logprobs` must be in [0, 20]"),
             (self.json_schema is None or _is_json_object(self.json_schema), "`json_schema` must be a JSON object"),
+            (
+                self.json_schema is None or len(self.json_schema) <= MAX_JSON_SCHEMA_CHARS,
+                f"`json_schema` is too long: at most {MAX_JSON_SCHEMA_CHARS} characters of JSON",
+            ),
             (not (self.json_schema and self.ignore_eos), "`ignore_eos` cannot be combined with a JSON schema"),
         ]
 
@@ -97,12 +107,32 @@ class TokenLogprob:
 
 @dataclass
 class GenerationRequest:
-    """One completion to compute: prompt token ids, the model (adapter name or base) and sampling."""
+    """One completion to compute: prompt token ids, the model (adapter name or base) and sampling.
+
+    ``timeout_s`` is its deadline from submission (``None``: the engine's ``request_timeout_s``); past it the
+    request fails with ``RequestTimeout`` wherever it is (queued or decoding) and frees its slot.
+    """
 
     prompt_ids: list[int]
     model: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    timeout_s: float | None = None
+
+    def check(self, vocab_size: int) -> None:
+        """Raise ``ServingError`` naming the field if this request cannot be decoded by a ``vocab_size`` model."""
+        if not isinstance(self.params, SamplingParams):
+            raise ServingError("`params` must be SamplingParams.", param="params")
+        if not all(isinstance(t, int) and 0 <= t < vocab_size for t in self.prompt_ids):
+            raise ServingError(f"Prompt token ids must be in [0, {vocab_size}).", param="prompt", code="invalid_prompt")
+        if any(token >= vocab_size for token, _ in self.params.logit_bias):
+            raise ServingError(
+                f"`logit_bias` token ids must be < {vocab_size}.", param="logit_bias", code="invalid_value"
+            )
+        if self.timeout_s is not None and not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
+            raise ServingError(
+                f"`timeout_s` must be > 0, got {self.timeout_s}", param="timeout_s", code="invalid_value"
+            )
 
 
 @dataclass
@@ -141,9 +171,19 @@ class RequestHandle:
     >>> handle.result(timeout=30).text  # doctest: +SKIP
     """
 
-    def __init__(self, request: GenerationRequest, on_event: EventCallback | None = None):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        on_event: EventCallback | None = None,
+        *,
+        timeout_s: float | None = None,
+        on_done: Callable[[str], None] | None = None,
+    ):
         self.request = request
         self._on_event = on_event
+        self._on_done = on_done  # the engine's outcome counter: completed, cancelled, timed_out, failed
+        self.timeout_s = timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._done = threading.Event()
         self._cancelled = threading.Event()
         self._events: queue.SimpleQueue | None = None if on_event else queue.SimpleQueue()
@@ -162,11 +202,26 @@ class RequestHandle:
         """Ask the engine to stop this request; it is dropped at the next step."""
         self._cancelled.set()
 
+    def stop_error(self) -> ServingError | None:
+        """Why the engine must stop this request now (cancelled, or past its deadline), if it must."""
+        if self._cancelled.is_set():
+            return cancelled_error(self.request)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return RequestTimeout(
+                f"Request {self.request.id} did not finish within its {self.timeout_s:g} s deadline.",
+                param=None,
+            )
+        return None
+
     def _emit(self, event: TokenEvent | Completion | BaseException) -> None:
-        if self._on_event is not None:
-            self._on_event(event)
-        else:
+        if self._on_event is None:
             self._events.put(event)
+            return
+        try:
+            self._on_event(event)
+        except Exception:  # noqa: BLE001 - a broken consumer loses its own request, never its batch
+            log.exception("the event callback of request %s failed; cancelling it", self.request.id)
+            self._cancelled.set()
 
     def push(self, event: TokenEvent) -> None:
         """Engine side: one new token."""
@@ -177,6 +232,7 @@ class RequestHandle:
         if not self._done.is_set():
             self._completion = completion
             self._done.set()
+            self._report("completed")
             self._emit(completion)
 
     def fail(self, error: BaseException) -> None:
@@ -184,7 +240,13 @@ class RequestHandle:
         if not self._done.is_set():
             self._error = error
             self._done.set()
+            kinds = ((RequestCancelled, "cancelled"), (RequestTimeout, "timed_out"))
+            self._report(next((name for kind, name in kinds if isinstance(error, kind)), "failed"))
             self._emit(error)
+
+    def _report(self, outcome: str) -> None:
+        if self._on_done is not None:
+            self._on_done(outcome)
 
     def result(self, timeout: float | None = None) -> Completion:
         """Block until the request finishes; raise its error if it failed."""

@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from esft.data.batching import batch_indices, collate, collate_packed, padding_t
 from esft.data.tokenize import TokenizedExample
 from esft.errors import CheckpointError, ConfigError, TrainingCancelled
 from esft.models.families import PACKING_EXACT
+from esft.models.packed_attention import packed_attention
 from esft.parallel.data_parallel import DataParallelPolicy, all_reduce_sum, broadcast_flag, is_main, shard, world
 from esft.training.checkpoint import TrainerState, latest_checkpoint
 from esft.training.loss import answer_loss, n_loss_tokens
@@ -207,16 +208,17 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
     samples = [[train_data[i] for i in idx] for idx in window]
     batches = [collate_packed(b, pad_id) if run.pack else collate(b, pad_id) for b in samples]
     if run.pack:
-        run.padding_saved += sum(padding_tokens(b) - padding_tokens(b, packed=True) for b in samples)
+        run.padding_saved += sum(padding_tokens(b) for b in samples)
     n_targets = max(1, sum(n_loss_tokens(b) for b in batches))
     loss_total, tokens = 0.0, 0
     sizes = [sum(len(ex.input_ids) for ex in batch_samples) for batch_samples in samples]  # real tokens
-    for batch, n_tokens in shard(list(zip(batches, sizes, strict=True))):
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        loss = answer_loss(run.prepared.model, batch, reduction="sum") / n_targets
-        loss.backward()
-        loss_total += float(loss.detach())
-        tokens += n_tokens
+    with packed_attention(run.prepared.model) if run.pack else nullcontext():  # backward may recompute attention
+        for batch, n_tokens in shard(list(zip(batches, sizes, strict=True))):
+            batch = {k: v.to(run.device) for k, v in batch.items()}
+            loss = answer_loss(run.prepared.model, batch, reduction="sum") / n_targets
+            loss.backward()
+            loss_total += float(loss.detach())
+            tokens += n_tokens
     run.parallel.reduce_gradients(run.masters.model_params)
     loss_total, tokens = all_reduce_sum(loss_total, tokens)
     return loss_total, int(tokens)

@@ -32,7 +32,7 @@ def test_health_needs_no_key(client):
     assert client.get("/health/ready").json() == {"status": "ready"}
 
 
-PUBLIC = {"/health", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/health", "/health/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def test_one_auth_rule_every_v1_route_needs_a_key_and_only_probes_and_api_docs_are_public(client):

@@ -74,3 +74,27 @@ def test_0002_keeps_cancel_flags_and_event_ids_both_ways(tmp_path):
         flags = dict(connection.execute(text("SELECT id, cancel_requested FROM jobs ORDER BY id")).all())
         assert {k: bool(v) for k, v in flags.items()} == {"j1": True, "j2": False}
     engine.dispose()
+
+
+def test_0004_limit_overrides_keep_keys_both_ways(tmp_path):
+    """Keys made under 0003 still authenticate after 0004 (no overrides) and survive the way back."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path}/m.db"
+    upgrade(url, "0003")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO projects (id, name, created_at) VALUES ('proj-1', 'p', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO api_keys (id, project_id, name, key_hash, prefix, is_admin, created_at) "
+            "VALUES ('key-1', 'proj-1', '', 'h', 'sk-esft-x', 0, '2026-01-01')"
+        ))  # fmt: skip
+    upgrade(url)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT limits FROM api_keys")).scalar_one() is None
+        connection.execute(text("""UPDATE projects SET limits = '{"burst": 5}'"""))
+    downgrade(url, "0003")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM api_keys")).scalar_one() == "key-1"
+        assert "limits" not in {c["name"] for c in inspect(connection).get_columns("projects")}
+    engine.dispose()

@@ -110,11 +110,18 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path, toy_model_dir: Path) -> Iterator[Service]:  # noqa: F811
+def service_env() -> dict[str, str]:
+    """Settings (``ESFT_*``) of the API and the worker on top of ``ENV``; override it in a test module."""
+    return {}
+
+
+@pytest.fixture
+def service(tmp_path: Path, toy_model_dir: Path, service_env: dict[str, str]) -> Iterator[Service]:  # noqa: F811
     data_dir = tmp_path / "data"
-    env = {**os.environ, **ENV, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    configured = {**ENV, **service_env}
+    env = {**os.environ, **configured, "ESFT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     env.pop("DATABASE_URL", None)
-    settings = Settings(data_dir=data_dir, **{k[5:].lower(): v for k, v in ENV.items()})
+    settings = Settings(data_dir=data_dir, **{k[5:].lower(): v for k, v in configured.items()})
     upgrade(settings.database_url)
     key = ensure_default_key(settings)
     with session_scope(settings.database_url) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -46,8 +47,32 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (copies only what changes)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class StandardJSON(TypeDecorator):
+    """JSON that stays standard: a NaN or infinite float (a diverged loss, say) is stored as null.
+
+    Python's ``json`` would write ``NaN``, which PostgreSQL's ``json`` type and strict readers refuse.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> Any:
+        return _finite(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
+    type_annotation_map = {dict[str, Any]: StandardJSON(), list[Any]: StandardJSON(), datetime: UTCDateTime()}
 
 
 class Project(Base):
@@ -55,6 +80,7 @@ class Project(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # overrides of the settings' limits
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -67,6 +93,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # overrides; win over the project's
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -112,6 +139,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {"gpus": N}; None: one device
     status: Mapped[str] = mapped_column(String(32), index=True)
     phase: Mapped[str | None] = mapped_column(String(32), default=None)
     step: Mapped[str] = mapped_column(String(32), default="validate")

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-_ENGINES: dict[tuple[int, str], Engine] = {}
+_ENGINES: dict[tuple, Engine] = {}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -21,28 +21,38 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite files get their folder created and concurrency-friendly pragmas."""
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout: float = 10.0) -> Engine:
+    """Create an engine; SQLite files get their folder created and concurrency-friendly pragmas.
+
+    The pool (``Settings.db_pool``) bounds the connections of this process: ``pool_size`` kept open, up to
+    ``max_overflow`` more under load, and a request waits ``pool_timeout`` seconds for one before failing.
+    Requests hold a connection only while they query (never while a chat generates), so these stay small;
+    an in-memory SQLite database is one connection per thread and takes no pool arguments.
+    """
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = make_url(url).database
+        memory = not path or path == ":memory:"
+        if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        connect = {"timeout": 30, "check_same_thread": False}
+        engine = create_engine(url, connect_args=connect, **({} if memory else pool))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
-def get_engine(url: str) -> Engine:
-    """One engine per process and URL; a forked worker child builds its own instead of sharing sockets."""
-    key = (os.getpid(), url)
+def get_engine(url: str, **pool) -> Engine:
+    """One engine per process, URL and ``pool`` arguments (the app's, sized by its settings, and the
+    default one of scripts and workers); a forked worker child builds its own instead of sharing sockets."""
+    key = (os.getpid(), url, tuple(sorted(pool.items())))
     if key not in _ENGINES:
-        _ENGINES[key] = make_engine(url)
+        _ENGINES[key] = make_engine(url, **pool)
     return _ENGINES[key]
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+def session_factory(url: str, **pool) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url, **pool), expire_on_commit=False)
 
 
 @contextmanager
@@ -57,4 +67,3 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
-

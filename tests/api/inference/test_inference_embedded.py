@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from api.core.db.session import get_engine, session_scope
+from api.core.db.session import session_scope
 from api.core.queue import RecordingQueue
 from api.inference.embedded import mount_inference, mount_inference_pool
 from api.main import create_app
@@ -59,7 +59,7 @@ def test_embedded_inference_serves_registry_adapters_per_project(
 
 
 @contextmanager
-def _counting_sql(url: str) -> Iterator[Counter]:
+def _counting_sql(app) -> Iterator[Counter]:
     """Statements run inside the block, counted by the table they read (``adapters``, ``api_keys``, ...)."""
     seen: Counter = Counter()
 
@@ -67,11 +67,12 @@ def _counting_sql(url: str) -> Iterator[Counter]:
         for table in ("adapters", "api_keys", "base_models"):
             seen[table] += f"FROM {table}" in statement
 
-    event.listen(get_engine(url), "before_cursor_execute", record)
+    engine = app.state.session_factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(get_engine(url), "before_cursor_execute", record)
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def _count_hashes(monkeypatch) -> Counter:
@@ -94,12 +95,12 @@ def test_one_pass_per_request_key_and_adapter_row_read_once_weights_hashed_once(
     pool = mount_inference_pool(client.app, EngineConfig(max_new_tokens=12))
     hashed = _count_hashes(monkeypatch)
     try:
-        with _counting_sql(settings.database_url) as reads:  # first request: loads the engine and the adapter
+        with _counting_sql(client.app) as reads:  # first request: loads the engine and the adapter
             assert _chat(client, "ft:toy:math", auth).status_code == 200
         assert reads["api_keys"] == 1 and reads["adapters"] == 1
         assert hashed[ADAPTER_WEIGHTS_NAME] == 1 and max(hashed.values()) == 1
         hashed.clear()
-        with _counting_sql(settings.database_url) as reads:  # adapter cached: one read each, nothing hashed
+        with _counting_sql(client.app) as reads:  # adapter cached: one read each, nothing hashed
             assert _chat(client, "ft:toy:math", auth).status_code == 200
         assert reads["api_keys"] == 1 and reads["adapters"] == 1 and not hashed
     finally:

@@ -130,3 +130,9 @@ def test_ignore_eos_generates_max_tokens(inference, inference_app, monkeypatch):
     assert normal["choices"][0]["finish_reason"] == "stop" and normal["usage"]["completion_tokens"] == 0
     (forced,) = objects(_chat(inference, "math", PROMPTS[0], max_tokens=6, ignore_eos=True))
     assert forced["choices"][0]["finish_reason"] == "length" and forced["usage"]["completion_tokens"] == 6
+
+
+def test_the_standalone_app_checks_input_like_the_service(inference):
+    """A NUL character in a message is a 400 naming the field, not a tokenizer crash."""
+    response = _chat(inference, "toy", "a\x00b")
+    assert_error(response, 400, "invalid_value", "messages[0].content")

@@ -260,3 +260,28 @@ def test_line_limits_reject_long_and_deep_lines_without_stopping_validation(tmp_
     report = validate_jsonl(path, limits=LineLimits(max_depth=8))
     codes = {e["line"]: e["code"] for e in report.to_dict()["errors"]}
     assert codes == {2: "too_deeply_nested"} and report.n_examples == 3
+
+
+def test_hostile_lines_are_reported_not_raised(tmp_path):
+    good = json.dumps({"text": "fine"})
+    huge_number = '{"text": ' + "1" * 5000 + "}"  # past Python's int_max_str_digits: a ValueError, not a JSON error
+    deep = '{"text": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}"  # past the parser's recursion limit
+    path = write_lines(tmp_path / "d.jsonl", [good, huge_number, deep, good])
+    report = validate_jsonl(path)
+    assert {e["line"]: e["code"] for e in report.errors} == {2: "invalid_json", 3: "too_deeply_nested"}
+    assert report.n_examples == 2
+
+
+def test_report_stays_small_whatever_the_file(tmp_path):
+    """Bad content is quoted as a short excerpt; past ``max_errors`` problems are only counted."""
+    big = "x" * 100_000
+    rows = [
+        {"messages": [{"role": big, "content": "a"}, {"role": "assistant", "content": "b"}]},
+        {"messages": [{"role": "user", "content": [big[:100]] * 1000}, {"role": "assistant", "content": "b"}]},
+        {**{f"key{i}-{big[:100]}": i for i in range(1000)}},
+        {"messages": [{"role": "user", "content": "a", big: 1}, {"role": "assistant", "content": "b"}]},
+    ] * 10
+    report = validate_jsonl(write_lines(tmp_path / "d.jsonl", rows), max_errors=5)
+    assert len(report.errors) == 5 and report.errors_omitted == 36 and sum(report.error_counts.values()) == 41
+    assert all(len(e["message"]) <= 200 for e in report.errors)
+    assert len(json.dumps(report.to_dict())) < 3000

@@ -1,0 +1,137 @@
+"""Prometheus ``/metrics``: HTTP latency by route template, jobs by status, queue depth, training step time and
+tokens/s, and each inference engine's batch, queue and adapter cache.
+
+Each app has its own registry (``app.state.metrics``). Job and engine figures are read when Prometheus scrapes
+(from the database and the engines), so the worker processes need no exporter of their own. Nothing exported
+names a project, job or adapter: the endpoint needs no key (bind the port to a trusted network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, get_args
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.db.models import Job, JobEvent
+from api.schemas.jobs import JobStatus
+
+WAITING = ("validating_files", "queued")
+
+
+class ServiceMetrics:
+    """The app's registry and the metrics its middleware observes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_latency = Histogram(
+            "esft_http_request_duration_seconds",
+            "HTTP request latency by route template (not raw path), method and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _step_seconds(events: list[JobEvent]) -> float | None:
+    """Seconds per training step between a running job's last two training reports."""
+    if len(events) < 2:
+        return None
+    new, old = ((e.data or {}) for e in events)
+    if new.get("phase") != "training" or old.get("phase") != "training":
+        return None
+    steps = (new.get("step") or 0) - (old.get("step") or 0)
+    return (events[0].created_at - events[1].created_at).total_seconds() / steps if steps > 0 else None
+
+
+class JobsCollector:
+    """Jobs by status, the queue depth, and the running jobs' step time and throughput, from the database."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            running = session.scalars(select(Job.id).where(Job.status == "running")).all()
+            latest = [
+                session.scalars(
+                    select(JobEvent)
+                    .where(JobEvent.job_id == job, JobEvent.type == "metrics")
+                    .order_by(JobEvent.id.desc())
+                    .limit(2)
+                ).all()
+                for job in running
+            ]
+        jobs = GaugeMetricFamily("esft_jobs", "Fine-tuning jobs by status.", labels=["status"])
+        for status in get_args(JobStatus):
+            jobs.add_metric([status], counts.get(status, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "esft_queue_depth", "Jobs waiting for a worker.", value=sum(counts.get(s, 0) for s in WAITING)
+        )
+        steps = [s for events in latest if (s := _step_seconds(events)) is not None]
+        yield GaugeMetricFamily(
+            "esft_training_step_seconds",
+            "Mean seconds per optimizer step over the running jobs (between their last two reports).",
+            value=sum(steps) / len(steps) if steps else 0.0,
+        )
+        rates = [(events[0].data or {}).get("tokens_per_s") or 0.0 for events in latest if events]
+        yield GaugeMetricFamily(
+            "esft_training_tokens_per_second", "Training tokens/s summed over the running jobs.", value=sum(rates)
+        )
+
+
+class EnginesCollector:
+    """Per base model: running batch, waiting requests, adapter cache bytes, hits, misses and evictions."""
+
+    def __init__(self, engines: Callable[[], Mapping[str, Any]]):
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model"]
+        batch = GaugeMetricFamily("esft_engine_batch_size", "Requests decoding in the running batch.", labels=labels)
+        queue = GaugeMetricFamily("esft_engine_queue_length", "Requests waiting to join a batch.", labels=labels)
+        used = GaugeMetricFamily("esft_adapter_cache_bytes", "Bytes of adapters in the host cache.", labels=labels)
+        budget = GaugeMetricFamily("esft_adapter_cache_budget_bytes", "Adapter cache capacity.", labels=labels)
+        hits = CounterMetricFamily("esft_adapter_cache_hits", "Adapter lookups served from the cache.", labels=labels)
+        misses = CounterMetricFamily("esft_adapter_cache_misses", "Adapter lookups that loaded it.", labels=labels)
+        evictions = CounterMetricFamily("esft_adapter_cache_evictions", "Adapters evicted.", labels=labels)
+        for name, engine in list(self.engines().items()):
+            stats = engine.stats()
+            batch.add_metric([name], stats["running"])
+            queue.add_metric([name], stats["waiting"])
+            used.add_metric([name], stats["cache"]["used_bytes"])
+            budget.add_metric([name], stats["cache"]["budget_bytes"])
+            hits.add_metric([name], getattr(engine.cache, "hits", 0))
+            misses.add_metric([name], getattr(engine.cache, "misses", 0))
+            evictions.add_metric([name], stats["cache"]["evictions"])
+        yield from (batch, queue, used, budget, hits, misses, evictions)
+
+
+def _engines(app: FastAPI) -> Mapping[str, Any]:
+    """The app's engines: the service's pool, or the standalone inference app's one engine."""
+    pool = getattr(app.state, "inference_pool", None)
+    if pool is not None:
+        return pool.engines
+    engine = getattr(app.state, "inference_engine", None)
+    return {} if engine is None else {engine.base_name: engine}
+
+
+def mount_metrics(app: FastAPI, sessions: sessionmaker[Session] | None = None) -> ServiceMetrics:
+    """Add ``GET /metrics`` (not in the OpenAPI document) and the collectors; ``sessions``: the service's DB."""
+    metrics = ServiceMetrics()
+    if sessions is not None:
+        metrics.registry.register(JobsCollector(sessions))
+    metrics.registry.register(EnginesCollector(lambda: _engines(app)))
+    app.state.metrics = metrics
+    app.add_api_route(
+        "/metrics", metrics.render, methods=["GET"], include_in_schema=False, name="metrics", tags=["health"]
+    )
+    return metrics
