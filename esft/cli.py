@@ -21,7 +21,7 @@ from rich.console import Console
 
 from esft.cli_options import config_options
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
-from esft.errors import ConfigError, ESFTError
+from esft.errors import ConfigError, ESFTError, TrainingCancelled
 
 app = typer.Typer(
     name="esft",
@@ -195,11 +195,20 @@ def train(
     record = ProgressFile(progress_jsonl) if progress_jsonl else None
     with _errors():
         _init_distributed()
-        with _progress_bar("training") as bar, _recording(record):
-            progress = _both(bar, record) if record else bar
-            result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
-                                     resume=resume, progress=progress, should_stop=stop.is_set, method=method,
-                                     ep_size=ep_size)
+        try:
+            with _progress_bar("training") as bar, _recording(record):
+                progress = _both(bar, record) if record else bar
+                result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
+                                         resume=resume, progress=progress, should_stop=stop.is_set, method=method,
+                                         ep_size=ep_size)
+        except TrainingCancelled as exc:
+            if not stop.is_set():
+                raise
+            from esft.parallel.launch import mark_stopped
+
+            console.print(exc.message)  # asked to stop (SIGTERM): a checkpoint is written, a clean exit
+            mark_stopped()
+            raise typer.Exit(0) from None
     params = result.report["parameters"]
     console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
@@ -346,7 +355,6 @@ def _both(*callbacks):
 @contextmanager
 def _recording(record) -> Iterator[None]:
     """Close a ``ProgressFile`` with ``done`` or ``stopped`` (rank 0 only; the loop reports on rank 0 only)."""
-    from esft.errors import TrainingCancelled
     from esft.parallel.data_parallel import is_main
 
     try:

@@ -17,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from esft.errors import ConfigError
 
@@ -63,18 +65,37 @@ def torchrun_command(plan: LaunchPlan, command_args: list[str]) -> list[str]:
     return [*cmd, "-m", "esft.cli", *command_args]
 
 
+STOPPED_DIR_ENV = "ESFT_STOPPED_DIR"  # where each rank of this node notes that it stopped cleanly on SIGTERM
+
+
 def launch(plan: LaunchPlan, command_args: list[str]) -> int:
-    """Run ``esft <command_args>`` under torchrun and return its exit status (SIGTERM/SIGINT reach the ranks)."""
+    """Run ``esft <command_args>`` under torchrun and return its exit status (SIGTERM/SIGINT reach the ranks).
+
+    torchrun itself exits non-zero when it is signalled, whatever its ranks did; when every rank of this node
+    noted a clean stop (checkpoint written, ``mark_stopped``), the launcher exits 0.
+    """
     plan.check()
-    env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    child = subprocess.Popen(torchrun_command(plan, command_args), env=env)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    signalled = []
+    with tempfile.TemporaryDirectory(prefix="esft-launch-") as stopped:
+        env = {**os.environ, STOPPED_DIR_ENV: stopped}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        child = subprocess.Popen(torchrun_command(plan, command_args), env=env)
+        previous = {sig: signal.signal(sig, lambda signum, frame: signalled.append(signum))
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            status = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        clean_stop = signalled and len(os.listdir(stopped)) == plan.nproc_per_node
+    return 0 if clean_stop else status
+
+
+def mark_stopped() -> None:
+    """In a rank: note for the launcher that this rank stopped on request after writing its checkpoint."""
+    directory = os.environ.get(STOPPED_DIR_ENV)
+    if directory:
+        Path(directory, f"rank-{os.environ.get('RANK', '0')}").touch()
 
 
 def without_launch_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:

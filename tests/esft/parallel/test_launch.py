@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,28 @@ def test_cli_expert_parallel_runs_write_the_one_process_adapter(model_dirs, tmp_
     for node in nodes:
         _finish(node)
     _assert_close(_weights(tmp_path / "two-nodes"), _weights(single))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launch_stops_every_rank_with_a_checkpoint_and_exit_status_0(model_dirs, tmp_path):
+    model_dir, data = model_dirs("qwen3_moe"), write_chat_jsonl(tmp_path / "train.jsonl")
+    experts = tmp_path / "experts.json"
+    experts.write_text(json.dumps(EXPERTS))
+    progress = tmp_path / "progress.jsonl"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "esft.cli", "train", "--model", str(model_dir), "--data", str(data), "--expert-config",
+         str(experts), "--out", str(tmp_path / "out"), "--max-steps", "500", "--batch-size", "2", "--ep-size", "2",
+         "--nproc-per-node", "2", "--master-port", str(_free_port()), "--progress-jsonl", str(progress)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[3]),
+                                                          os.environ.get("PYTHONPATH", "")])},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (progress.exists() and progress.read_text().count("\n") >= 2):  # a step is done
+        assert run.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGTERM)  # as the worker does: the whole process group
+    assert run.wait(timeout=120) == 0
+    records = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert records[-1]["event"] == "stopped" and records[-2] == {"event": "checkpoint", "step": records[-1]["step"],
+                                                                 "path": str(tmp_path / "out" / "checkpoints" /
+                                                                             f"step-{records[-1]['step']}")}
