@@ -21,7 +21,7 @@ from rich.console import Console
 
 from esft.cli_options import config_options
 from esft.config import ScoringConfig, SelectionConfig, TrainingConfig
-from esft.errors import ESFTError
+from esft.errors import ConfigError, ESFTError, TrainingCancelled
 
 app = typer.Typer(
     name="esft",
@@ -33,6 +33,16 @@ console = Console(stderr=True)
 
 ModelOpt = Annotated[Path, typer.Option("--model", help="Local model directory (save_pretrained layout).")]
 DataOpt = Annotated[Path, typer.Option("--data", help="JSONL: {messages} | {prompt, completion} | {text}.")]
+# Launch flags: CLI-only, not options of any config (the command re-runs itself under torchrun with the rest).
+NprocOpt = Annotated[int | None, typer.Option(
+    "--nproc-per-node", help="Run as N processes on this node under torchrun (one per device; gloo on CPU).")]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Nodes in the run (the same command on each).")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", help="This node's index; node 0 hosts the rendezvous.")]
+MasterAddrOpt = Annotated[str, typer.Option("--master-addr", help="Address of node 0 (c10d rendezvous).")]
+MasterPortOpt = Annotated[int, typer.Option("--master-port", help="Rendezvous port on node 0.")]
+EpSizeOpt = Annotated[int | None, typer.Option(
+    "--ep-size", help="Shard each layer's experts over E ranks (expert parallelism; needs --nproc-per-node).")]
+_LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
 @contextmanager
@@ -118,12 +128,20 @@ def score(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Scores JSON to write.")],
     scoring: ScoringConfig,
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = 29500,
+    ep_size: EpSizeOpt = None,
 ) -> None:
     """Score every routed expert on task data (token and gate scores per layer)."""
     from esft import workflows
 
+    _launch_if_asked(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     with _errors(), _progress_bar("scoring") as progress:
-        scores = workflows.score(model, data, out, scoring, progress=progress)
+        _init_distributed()
+        scores = workflows.score(model, data, out, scoring, progress=progress, ep_size=ep_size)
     console.print(f"scored {scores.n_tokens} tokens in {scores.n_sequences} sequences -> {out}")
 
 
@@ -160,6 +178,12 @@ def train(
     progress_jsonl: Annotated[Path | None, typer.Option(
         "--progress-jsonl", help="Also append rank 0's progress to this JSONL file (step records, then "
         "checkpoint / done / stopped records), for a process that follows the run.")] = None,
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = 29500,
+    ep_size: EpSizeOpt = None,
 ) -> None:
     """Train with ESFT (only the selected experts), or FFT / LoRA for comparison, and write the result to --out.
 
@@ -168,14 +192,25 @@ def train(
     from esft import workflows
     from esft.training.progress import ProgressFile
 
+    _launch_if_asked(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     stop = _stop_on_sigterm()
     record = ProgressFile(progress_jsonl) if progress_jsonl else None
     with _errors():
         _init_distributed()
-        with _progress_bar("training") as bar, _recording(record):
-            progress = _both(bar, record) if record else bar
-            result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
-                                     resume=resume, progress=progress, should_stop=stop.is_set, method=method)
+        try:
+            with _progress_bar("training") as bar, _recording(record):
+                progress = _both(bar, record) if record else bar
+                result = workflows.train(model, data, expert_config, out, training, validation_path=validation_file,
+                                         resume=resume, progress=progress, should_stop=stop.is_set, method=method,
+                                         ep_size=ep_size)
+        except TrainingCancelled as exc:
+            if not stop.is_set():
+                raise
+            from esft.parallel.launch import mark_stopped
+
+            console.print(exc.message)  # asked to stop (SIGTERM): a checkpoint is written, a clean exit
+            mark_stopped()
+            raise typer.Exit(0) from None
     params = result.report["parameters"]
     console.print(f"{method}: trained {params['trainable']:,} of {params['total']:,} parameters "
                   f"({100 * params['trainable'] / params['total']:.2f}%) for {result.steps} steps; "
@@ -201,6 +236,50 @@ def compare(
     with _errors():
         comparison.compare(model, data, names, out, training, validation_path=validation_file)
     console.print((out / comparison.REPORT_MD).read_text())
+
+
+@app.command()
+@config_options(training=TrainingConfig)
+def plan(
+    model: Annotated[Path, typer.Option("--model", help="Model directory; only its config.json is read.")],
+    training: TrainingConfig,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="Devices per node.")] = 8,
+    gpu_memory: Annotated[str, typer.Option("--gpu-memory", help="Memory per device, e.g. 80GiB.")] = "80GiB",
+    expert_config: Annotated[Path | None, typer.Option(
+        "--expert-config", help="Expert config to size (default: 10% of each layer's experts).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Memory per rank (frozen weights, trained rows, AdamW state, activations) and the smallest layout that fits."""
+    from transformers import AutoConfig
+
+    from esft.expert_config import ExpertConfig
+    from esft.parallel import plan as sizing
+
+    with _errors():
+        if not (model / "config.json").is_file():
+            raise ConfigError(f"{model} has no config.json", param="model")
+        sizes = sizing.model_sizes(AutoConfig.from_pretrained(model, local_files_only=True))
+        experts = (ExpertConfig.load(expert_config) if expert_config else
+                   sizing.uniform_selection(sizes.num_experts, sorted(sizes.per_expert), 0.1))
+        weight_bytes = 4 if training.dtype == "float32" else 2
+        fits, tried = sizing.smallest_layout(
+            sizes, experts, gpus_per_node=gpus_per_node, gpu_memory=sizing.parse_bytes(gpu_memory),
+            weight_bytes=weight_bytes, batch_tokens=training.batch_size * training.seq_len,
+            activation_checkpointing=training.activation_checkpointing)
+    if as_json:
+        typer.echo(json.dumps({"fits": fits.to_dict() if fits else None, "tried": [m.to_dict() for m in tried]},
+                              indent=2))
+        return
+    typer.echo("nodes x gpus  ep  frozen  trained  adamw  activations  total (GiB per rank)")
+    for m in tried:
+        typer.echo(f"{m.nodes:>5} x {m.gpus_per_node:<4} {m.ep_size:>3} {sizing.gib(m.frozen_weights):>7} "
+                   f"{sizing.gib(m.trained_rows):>8} {sizing.gib(m.adamw_state):>6} {sizing.gib(m.activations):>12} "
+                   f"{sizing.gib(m.total):>6}")
+    if fits is None:
+        console.print(f"no layout up to {len(tried)} nodes fits {gpu_memory} per device")
+        raise typer.Exit(1)
+    console.print(f"smallest layout: --nnodes {fits.nodes} --nproc-per-node {fits.gpus_per_node} "
+                  f"--ep-size {fits.ep_size}")
 
 
 @app.command()
@@ -294,6 +373,19 @@ def inspect(model: ModelOpt) -> None:
     typer.echo(json.dumps(rows, indent=2))
 
 
+def _launch_if_asked(nproc_per_node: int | None, nnodes: int, node_rank: int, master_addr: str,
+                     master_port: int) -> None:
+    """With ``--nproc-per-node``, run this command again under torchrun and exit with its status."""
+    if nproc_per_node is None:
+        return
+    from esft.parallel.launch import LaunchPlan, launch, without_launch_flags
+
+    plan = LaunchPlan(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    with _errors():
+        status = launch(plan, without_launch_flags(sys.argv[1:], _LAUNCH_FLAGS))
+    raise typer.Exit(status)
+
+
 def _stop_on_sigterm() -> threading.Event:
     """An event SIGTERM sets, for ``should_stop``: the loop checkpoints and stops (torchrun forwards SIGTERM)."""
     stop = threading.Event()
@@ -312,7 +404,6 @@ def _both(*callbacks):
 @contextmanager
 def _recording(record) -> Iterator[None]:
     """Close a ``ProgressFile`` with ``done`` or ``stopped`` (rank 0 only; the loop reports on rank 0 only)."""
-    from esft.errors import TrainingCancelled
     from esft.parallel.data_parallel import is_main
 
     try:

@@ -43,15 +43,31 @@ def score(
     config: ScoringConfig | None = None,
     *,
     progress: ProgressCallback | None = None,
+    ep_size: int | None = None,
 ) -> ExpertScores:
-    """Score the experts of ``model_dir`` on the task data and write the scores JSON to ``out_path``."""
+    """Score the experts of ``model_dir`` on the task data and write the scores JSON to ``out_path``.
+
+    Under ``torch.distributed`` the batches are sharded over the ranks and the sums reduced; rank 0 writes.
+    With ``ep_size`` the model's experts are sharded over that many ranks (``esft.parallel.expert_parallel``).
+    """
     config = config or ScoringConfig()
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = _load(model_dir, ep_size, dtype="auto", device=_rank_device())
     examples, _ = _tokenized(data_path, tokenizer, config.seq_len, "truncate")
     scores = score_experts(model, examples, config, pad_token_id=tokenizer.pad_token_id, progress=progress)
     scores.base_model = identity_of(model.config)
-    scores.save(out_path)
+    if is_main():
+        scores.save(out_path)
+    barrier()
     return scores
+
+
+def _load(model_dir, ep_size: int | None, *, dtype: str, device: str | None):
+    """The model whole on this rank's device, or with its experts sharded over ``ep_size`` ranks."""
+    if ep_size is None:
+        return load_model(model_dir, dtype=dtype, device=device)
+    from esft.parallel.expert_parallel import load_expert_parallel
+
+    return load_expert_parallel(model_dir, ep_size=ep_size, dtype=dtype)
 
 
 def select(
@@ -121,6 +137,7 @@ def train(
     should_stop: StopCallback | None = None,
     method: str = "esft",
     method_options: dict[str, Any] | None = None,
+    ep_size: int | None = None,
 ) -> TrainOutput:
     """Train ``model_dir`` on ``data_path`` with ``method`` (a registered name) and write the result to ``out_dir``.
 
@@ -129,6 +146,8 @@ def train(
     FFT writes a whole model with its tokenizer. ``expert_config_path`` is required for the methods that train
     an expert selection (esft, esft_lora) and refused for the others; ``method_options`` are the method
     config's fields (``rank``, ``alpha``, ``train_embeddings``).
+    With ``ep_size`` (ESFT only, every rank of a process group calls it) the experts are sharded over
+    ``ep_size`` ranks and rank 0 still writes one ordinary adapter.
 
     Raises:
         ConfigError: unknown method, missing or superfluous expert config, or ``out_dir`` already finished.
@@ -139,20 +158,31 @@ def train(
     if any((out_dir / name).exists() for name in (ADAPTER_CONFIG_NAME, TRAIN_REPORT_NAME)) and not resume:
         raise ConfigError(f"{out_dir} already holds a finished run; choose a new --out", param="out")
     method_config = _method_config(spec, expert_config_path, config, method_options)
-    model, tokenizer = load_model(model_dir, dtype=config.dtype, device=_rank_device())
+    if ep_size is not None and method != "esft":
+        raise ConfigError(f"`ep_size` shards the experts ESFT trains; the {method} method runs without it",
+                          param="ep_size")
+    model, tokenizer = _load(model_dir, ep_size, dtype=config.dtype, device=_rank_device())
     train_data, val_data, data_report = _datasets(data_path, validation_path, tokenizer, config)
     torch.manual_seed(config.seed)  # methods that initialise weights (LoRA) do it reproducibly
     started = time.perf_counter()
-    prepared = spec.prepare(model, method_config)
+    if ep_size is None:
+        prepared = spec.prepare(model, method_config)
+    else:
+        from esft.parallel.expert_parallel import get_esft_model_expert_parallel
+
+        prepared = get_esft_model_expert_parallel(model, method_config)
     result = train_loop(prepared, train_data, config, pad_token_id=tokenizer.pad_token_id, out_dir=out_dir,
                         val_data=val_data, resume=resume, progress=progress, should_stop=should_stop)
     n_train, n_val = result.report["n_train"], result.report["n_validation"]
     report = {**result.report, "method": method, "train_seconds": round(time.perf_counter() - started, 3),
               "data": _data_report(data_report, n_train, n_val),
               "config": config.to_dict()}
+    if ep_size is not None:  # rank 0 gathers the rows each rank owns and writes the one adapter
+        prepared.write_files(out_dir, report)
     if is_main():  # every rank holds the same trained weights; one writes them
         write_json_atomic(out_dir / TRAIN_REPORT_NAME, report)
-        prepared.write_files(out_dir, report)
+        if ep_size is None:
+            prepared.write_files(out_dir, report)
         if spec.full_checkpoint:
             tokenizer.save_pretrained(out_dir)
     barrier()

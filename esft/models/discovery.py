@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from esft.errors import UnsupportedModelError
 from esft.models.families import ROUTER_NAMES, SHARED_EXPERT_MARKERS, unsupported_reason
@@ -69,8 +70,15 @@ def _layer_index(name: str, fallback: int) -> int:
     return int(match.group(1)) if match else fallback
 
 
+def _global_num_experts(experts: nn.Module) -> int:
+    """Routed experts of the whole layer: under expert parallelism ``num_experts`` counts one rank's block,
+    while the sharded parameters (DTensors) keep the global shape."""
+    sharded = [p for p in experts.parameters(recurse=False) if isinstance(p, DTensor)]
+    return int(sharded[0].shape[0]) if sharded else int(experts.num_experts)
+
+
 def _describe(experts_name: str, experts: nn.Module, block: nn.Module, fallback_index: int) -> MoELayer:
-    num = int(experts.num_experts)
+    num = _global_num_experts(experts)
     expert_params = tuple(
         name for name, p in experts.named_parameters(recurse=False) if p.dim() >= 1 and p.shape[0] == num
     )

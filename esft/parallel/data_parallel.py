@@ -65,3 +65,42 @@ def broadcast_flag(flag: bool) -> bool:
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+class DataParallelPolicy:
+    """What the loop does with gradients and checkpoints when every rank holds every trained tensor.
+
+    ``esft.parallel.expert_checkpoint.ExpertParallelPolicy`` is the same interface under expert parallelism; a
+    prepared model names its policy in a ``parallel`` attribute, and this one is the default.
+    """
+
+    def reduce_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
+        all_reduce_grads(params.values())
+
+    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def after_update(self) -> None:
+        """Nothing to do: the model reads its trained tensors directly."""
+
+    def run_config(self, run_config: dict) -> dict:
+        return run_config
+
+    def count_parameters(self, counts: dict[str, int]) -> dict[str, int]:
+        """This rank's trainable/total counts are the run's (every rank trains the same tensors)."""
+        return counts
+
+    def save_checkpoint(self, out_dir, state, masters, optimizer, run_config):
+        """Rank 0 writes the checkpoint (every rank holds the same trained tensors); the others wait for it."""
+        from esft.training.checkpoint import save_checkpoint
+
+        path = out_dir / "checkpoints" / f"step-{state.step}"
+        if is_main():
+            path = save_checkpoint(out_dir, state, masters, optimizer, run_config)
+        barrier()
+        return path
+
+    def load_checkpoint(self, path, masters, optimizer, run_config):
+        from esft.training.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, masters, optimizer, run_config)

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from esft.models.discovery import MoELayer
+from esft.parallel.data_parallel import all_reduce_sum, world
 
 
 class RoutingAccumulator:
@@ -70,6 +72,18 @@ class RoutingAccumulator:
         zeros = torch.zeros(num_experts, dtype=torch.float64, device=device)
         self.token_sums[layer.layer_index] += zeros.index_add(0, flat_ids, (per_choice / top_k).reshape(-1)).cpu()
         self.gate_sums[layer.layer_index] += zeros.index_add(0, flat_ids, (per_choice * weights).reshape(-1)).cpu()
+
+
+    def reduce_over_ranks(self) -> None:
+        """Sum every rank's sums and counts (data sharded over ranks); float64 sums, so the scores equal one
+        process's to rounding (~1e-16)."""
+        rank, size = world()
+        if size == 1:
+            return
+        for sums in (self.token_sums, self.gate_sums):
+            for tensor in sums.values():
+                dist.all_reduce(tensor)
+        self.n_sequences, self.n_tokens = (int(v) for v in all_reduce_sum(self.n_sequences, self.n_tokens))
 
 
 def _routing_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from esft.data.tokenize import TokenizedExample
 from esft.errors import ConfigError, DataFormatError
 from esft.io import write_json_atomic
 from esft.models.discovery import find_moe_layers
+from esft.parallel.data_parallel import world
 from esft.scoring.capture import RoutingAccumulator, capture_routing
 from esft.training.progress import ProgressEvent
 
@@ -107,7 +108,7 @@ def _take_budget(examples: Sequence[TokenizedExample], config: ScoringConfig) ->
     return taken
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 (expert parallelism) tracks versions of its gathered weights
 def score_experts(
     model: nn.Module,
     examples: Sequence[TokenizedExample],
@@ -140,17 +141,29 @@ def score_experts(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    mine = rank_batches(batches)
     with capture_routing(model, acc):
-        for step, idx in enumerate(batches, 1):
-            batch = collate([sample[i] for i in idx], pad_token_id)
+        for step, idx in enumerate(mine, 1):
+            batch = collate([sample[i] for i in (idx or batches[0])], pad_token_id)
             count = batch["labels"] != IGNORE_INDEX if config.response_only else batch["attention_mask"].bool()
-            acc.begin_batch(count)
+            acc.begin_batch(count if idx else torch.zeros_like(count))  # a filler batch counts nothing
             model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                   use_cache=False)
             if progress:
                 elapsed = time.perf_counter() - start
-                progress(ProgressEvent(phase="scoring", step=step, total_steps=len(batches),
+                progress(ProgressEvent(phase="scoring", step=step, total_steps=len(mine),
                                        tokens_per_s=acc.n_tokens / max(elapsed, 1e-9),
-                                       eta_s=elapsed / step * (len(batches) - step)))
+                                       eta_s=elapsed / step * (len(mine) - step)))
     model.train(was_training)
+    acc.reduce_over_ranks()
     return ExpertScores(_finish(acc), acc.n_tokens, acc.n_sequences, config=config.to_dict())
+
+
+def rank_batches(batches: list[list[int]]) -> list[list[int]]:
+    """This rank's share of the scoring batches, padded with empty fillers so every rank runs as many
+    forward passes (an expert-parallel model exchanges tokens in every one)."""
+    rank, size = world()
+    if size == 1:
+        return batches
+    mine = batches[rank::size]
+    return mine + [[]] * (-(-len(batches) // size) - len(mine))

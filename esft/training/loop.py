@@ -26,8 +26,8 @@ from esft.data.tokenize import TokenizedExample
 from esft.errors import CheckpointError, ConfigError, TrainingCancelled
 from esft.models.families import PACKING_EXACT
 from esft.models.packed_attention import packed_attention
-from esft.parallel.data_parallel import all_reduce_grads, all_reduce_sum, barrier, broadcast_flag, is_main, shard, world
-from esft.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from esft.parallel.data_parallel import DataParallelPolicy, all_reduce_sum, broadcast_flag, is_main, shard, world
+from esft.training.checkpoint import TrainerState, latest_checkpoint
 from esft.training.loss import answer_loss, n_loss_tokens
 from esft.training.optim import MasterWeights, build_optimizer, count_parameters, lr_at, state_bytes
 from esft.training.progress import ProgressCallback, ProgressEvent, StopCallback
@@ -90,7 +90,7 @@ def _micro_batches(lengths: list[int], config: TrainingConfig, state: TrainerSta
         epoch, start = epoch + 1, 0
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 (expert parallelism) tracks versions of its gathered weights
 def evaluate(model: nn.Module, data: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float | None:
     """Mean per-token validation loss over ``data`` (None when there is no data)."""
     if not data:
@@ -118,6 +118,7 @@ class _Run:
     run_config: dict[str, Any]
     device: torch.device
     pack: bool  # micro-batches packed into one row (config.packing, on a family where that is exact)
+    parallel: Any  # gradient reduction, clipping and checkpoints across ranks (``DataParallelPolicy``)
     padding_saved: int = 0  # pad tokens packing avoided in this process
 
 
@@ -128,8 +129,9 @@ def _setup(prepared: TrainableModel, train_data, config, out_dir: Path | None, r
     if not masters.masters:
         raise ConfigError("the method selects nothing to train (empty expert config?)", param="expert_config")
     optimizer = build_optimizer(masters.masters, config)
-    run_config = {"training": config.to_dict(), "method": prepared.describe(), "n_examples": len(train_data),
-                  "pad_id": pad_id, "world_size": world()[1]}
+    parallel = getattr(prepared, "parallel", None) or DataParallelPolicy()
+    run_config = parallel.run_config({"training": config.to_dict(), "method": prepared.describe(),
+                                      "n_examples": len(train_data), "pad_id": pad_id, "world_size": world()[1]})
     state, ckpt = TrainerState(), latest_checkpoint(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
         raise CheckpointError("resume=True needs the `out_dir` that holds the checkpoints", param="resume")
@@ -137,15 +139,16 @@ def _setup(prepared: TrainableModel, train_data, config, out_dir: Path | None, r
         raise CheckpointError(f"{out_dir} already holds checkpoints of an earlier run; pass resume=True "
                               "(--resume) to continue it, or choose a new output directory", param="resume")
     if ckpt is not None:
-        state = load_checkpoint(ckpt, masters.masters, optimizer, run_config)
+        state = parallel.load_checkpoint(ckpt, masters.masters, optimizer, run_config)
         masters.masters_to_model()
+        parallel.after_update()
     else:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
     total = config.total_steps(len(train_data))
     pack = config.packing and getattr(prepared.model.config, "model_type", None) in PACKING_EXACT
     device = next(prepared.model.parameters()).device
-    return _Run(prepared, masters, optimizer, state, total, run_config, device, pack)
+    return _Run(prepared, masters, optimizer, state, total, run_config, device, pack, parallel)
 
 
 @contextmanager
@@ -185,13 +188,14 @@ def _optimizer_step(run: _Run, config: TrainingConfig) -> float | None:
     params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
     grad_norm = None
     if config.max_grad_norm is not None and params:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        grad_norm = run.parallel.clip_grad_norm(params, config.max_grad_norm)
     lr = lr_at(run.state.step, run.total, config)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.masters.masters_to_model()
+    run.parallel.after_update()
     return grad_norm
 
 
@@ -215,7 +219,7 @@ def _accumulate(run: _Run, window: list, train_data, pad_id: int) -> tuple[float
             loss.backward()
             loss_total += float(loss.detach())
             tokens += n_tokens
-    all_reduce_grads(run.masters.model_params.values())
+    run.parallel.reduce_gradients(run.masters.model_params)
     loss_total, tokens = all_reduce_sum(loss_total, tokens)
     return loss_total, int(tokens)
 
@@ -299,9 +303,10 @@ def _run_steps(run: _Run, train_data, val_data, config: TrainingConfig, pad_toke
         last = event
     run.prepared.model.eval()
     loss = last.loss if last else None
+    counts = run.parallel.count_parameters(count_parameters(run.prepared.model, run.masters.model_params))
     report = {"steps": run.state.step, "total_steps": run.total, "trained_tokens": run.state.trained_tokens,
               "final_loss": loss, "val_loss": val_loss, "n_train": len(train_data), "n_validation": len(val_data),
-              "parameters": count_parameters(run.prepared.model, run.masters.model_params),
+              "parameters": counts,
               "optimizer_state_bytes": state_bytes(run.optimizer),
               "packed": run.pack, "padding_tokens_saved": run.padding_saved}
     return TrainResult(run.prepared, run.state.step, run.state.trained_tokens, loss, val_loss, report)
@@ -340,11 +345,7 @@ def _train_step(run: _Run, batches: Iterator, train_data, config: TrainingConfig
 
 
 def _save(out_dir: Path, run: _Run) -> str:
-    """Rank 0 writes the checkpoint (every rank holds the same trained tensors); the others wait for it."""
-    path = out_dir / "checkpoints" / f"step-{run.state.step}"
-    if is_main():
-        path = save_checkpoint(out_dir, run.state, run.masters.masters, run.optimizer, run.run_config)
-    barrier()
+    path = run.parallel.save_checkpoint(out_dir, run.state, run.masters.masters, run.optimizer, run.run_config)
     return str(path)
 
 
