@@ -4,6 +4,7 @@ localhost), the Dockerfile (COPY sources exist, not root, pinned installs), and 
 from __future__ import annotations
 
 import glob
+import os
 import re
 import shlex
 import shutil
@@ -125,3 +126,17 @@ def test_database_and_broker_folders_are_private(tmp_path):
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     for folder in (settings.broker_dir, settings.broker_dir / "queue", settings.broker_dir / "control"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_an_existing_database_file_is_tightened_without_being_opened(tmp_path, monkeypatch):
+    """Closing any descriptor of a SQLite file drops the process's locks on it: other processes then missed
+    this one's commits (a resumed job's events stayed invisible to the API until the worker exited)."""
+    from api.core import private
+
+    db = tmp_path / "esft.db"
+    db.write_bytes(b"")
+    db.chmod(0o644)
+    opened, real_open = [], os.open
+    monkeypatch.setattr(private.os, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    private.private_file(db)
+    assert opened == [] and stat.S_IMODE(db.stat().st_mode) == 0o600

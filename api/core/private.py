@@ -22,11 +22,16 @@ def private_dir(path: Path) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create ``path`` empty as 0600 if missing (its folder 0700 if missing); else remove group/other access."""
+    """Create ``path`` empty as 0600 if missing (its folder 0700 if missing); else remove group/other access.
+
+    An existing file is never opened: closing any descriptor of a SQLite database drops every POSIX lock this
+    process holds on it (its open connections' locks included), and other processes then miss its commits.
+    """
     path = Path(path)
     if not path.parent.exists():
         private_dir(path.parent)
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     _tighten(path)
     return path
 

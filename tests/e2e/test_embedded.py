@@ -126,7 +126,7 @@ def test_warm_worker_shutdown_checkpoints_and_the_next_worker_continues(service,
     service.start_worker()
     deadline = time.monotonic() + 60
     while "Resuming training from the latest checkpoint." not in messages:
-        assert time.monotonic() < deadline, messages
+        assert time.monotonic() < deadline, "\n".join(messages)
         time.sleep(0.2)
         messages = [e["message"] for e in service.events(job["id"])]
     assert "Re-enqueued step 'train': its worker shut down." in messages  # by the new worker's reaper, at once
