@@ -62,7 +62,9 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "ESFT_RATE_LIMIT_REQUESTS_PER_SECOND": "0",
+        "ESFT_RATE_LIMIT_REQUESTS_PER_SECOND": "0",  # one key sends everything: limits and quotas off
+        "ESFT_QUOTA_CONCURRENT_DEVICES": "0",  # no worker: every submitted job stays queued
+        "ESFT_QUOTA_STORED_BYTES": "0",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     command = [sys.executable, "-m", "api.cli", "serve", "--no-worker", "--port", str(port), "--data-dir",
@@ -99,18 +101,25 @@ class Recorder:
     def __init__(self) -> None:
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.errors: dict[str, int] = defaultdict(int)
+        self.error_codes: dict[str, int] = defaultdict(int)  # "route status code", to tell why
         self.chat_tokens = 0
 
     async def timed(self, route: str, call) -> httpx.Response | None:
         started = time.perf_counter()
         try:
             response = await call
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
             self.errors[route] += 1
+            self.error_codes[f"{route} {type(exc).__name__}"] += 1
             return None
         self.latencies[route].append(time.perf_counter() - started)
         if response.status_code >= 400:
             self.errors[route] += 1
+            try:
+                code = response.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = None
+            self.error_codes[f"{route} {response.status_code} {code}"] += 1
         return response
 
 
@@ -178,7 +187,7 @@ def summarize(rec: Recorder, elapsed: float) -> dict:
     }
     control = [v for route, values in rec.latencies.items() if "chat" not in route for v in values]
     summary = {"seconds": round(elapsed, 1), "routes": routes, "errors": sum(rec.errors.values()),
-               "errors_by_route": dict(rec.errors)}
+               "errors_by_route": dict(rec.errors), "errors_by_code": dict(rec.error_codes)}
     if control:
         summary["control_plane"] = {"n": len(control), "p50_ms": round(1000 * _percentile(control, 0.5), 2),
                                     "p99_ms": round(1000 * _percentile(control, 0.99), 2)}
