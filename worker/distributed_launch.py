@@ -110,6 +110,7 @@ def train_launch(
     *,
     validation_path: Path | None = None,
     resume: bool = False,
+    ep_size: int | None = None,
 ) -> Launch:
     """The ``esft train`` run under torchrun for a job; progress and the run's output go next to ``out_dir``."""
     progress_path, log_path = out_dir.parent / PROGRESS_FILE, out_dir.parent / LAUNCH_LOG
@@ -123,6 +124,8 @@ def train_launch(
         command += ["--validation-file", str(validation_path)]
     if resume:
         command.append("--resume")
+    if ep_size is not None:
+        command += ["--ep-size", str(ep_size)]  # experts sharded over ep_size ranks (esft.parallel.expert_parallel)
     env = {**os.environ, **device_env(nproc), "COLUMNS": "400"}  # COLUMNS: error lines unwrapped in the log
     return Launch(nproc, command, env, progress_path, log_path, out_dir)
 

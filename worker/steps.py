@@ -199,7 +199,7 @@ def train_on_devices(ctx: StepContext, gpus: int, config: TrainingConfig, resume
     try:
         launch = distributed_launch.train_launch(
             gpus, ctx.model_dir, ctx.training_path, ctx.work / EXPERT_CONFIG, train_dir, config,
-            validation_path=ctx.validation_path, resume=resume,
+            validation_path=ctx.validation_path, resume=resume, ep_size=(ctx.job.resources or {}).get("ep_size"),
         )  # fmt: skip
         report = distributed_launch.run(
             launch,

@@ -90,8 +90,16 @@ class Resources(StrictRequest):
         default=1,
         ge=1,
         le=64,
-        description="devices (one node) that train this job, data parallel; at most the service's "
-        "`max_gpus_per_job`. On CPU workers: training processes.",
+        description="devices (one node) that train this job; at most the service's `max_gpus_per_job`. On CPU "
+        "workers: training processes.",
+    )
+    ep_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="expert parallelism over the devices: every layer's routed experts sharded over `ep_size` "
+        "devices (dense weights by FSDP2), for models that do not fit one device; must divide `gpus` and the "
+        "model's expert count. Default: data parallel (every device holds the whole model).",
     )
 
 

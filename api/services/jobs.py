@@ -72,7 +72,11 @@ def job_resources(body: JobCreate, settings: Settings, method_type: str) -> dict
     if resources.gpus > limit:
         raise _refuse(f"`resources.gpus` is {resources.gpus}, but no worker of this service has more than {limit} "
                       f"device(s) for one job; ask for at most {limit}.", "resources.gpus", "insufficient_devices")
-    return resources.model_dump()
+    if resources.ep_size is not None and resources.gpus % resources.ep_size:
+        raise _refuse(f"`resources.ep_size` {resources.ep_size} does not divide `resources.gpus` "
+                      f"{resources.gpus}; choose a divisor of it (the experts are sharded over ep_size devices).",
+                      "resources.ep_size", "invalid_value")
+    return resources.model_dump(exclude_none=True)
 
 
 def _check_inputs(session: Session, project_id: str, body: JobCreate) -> None:

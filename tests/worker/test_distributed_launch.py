@@ -93,3 +93,15 @@ def test_a_run_is_told_to_stop_when_its_launching_process_dies(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, 9)
+
+
+def test_an_expert_parallel_job_launches_esft_train_with_its_ep_size(tmp_path):
+    from esft.config import TrainingConfig
+    from worker.distributed_launch import train_launch
+
+    launch = train_launch(2, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "e.json", tmp_path / "out",
+                          TrainingConfig(), ep_size=2)
+    args = launch.command
+    assert args[args.index("--ep-size") + 1] == "2" and "--nproc-per-node=2" in args
+    assert "--ep-size" not in train_launch(2, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "e.json",
+                                           tmp_path / "out", TrainingConfig()).command  # data parallel

@@ -19,14 +19,14 @@ def settings(settings):
 
 def test_default_is_one_device(client, auth, base_model, training_file):
     job = check_openai(client.post(JOBS, json=job_body(base_model, training_file), headers=auth))
-    assert job["resources"] == {"gpus": 1}
+    assert job["resources"]["gpus"] == 1 and job["resources"]["ep_size"] is None
 
 
 def test_gpus_up_to_the_declared_capacity_are_stored_and_shown(client, auth, settings, base_model, training_file):
     body = {**job_body(base_model, training_file), "resources": {"gpus": 4}}
     job = check_openai(client.post(JOBS, json=body, headers=auth))
-    assert job["resources"] == {"gpus": 4}
-    assert client.get(f"{JOBS}/{job['id']}", headers=auth).json()["resources"] == {"gpus": 4}
+    assert job["resources"] == {"gpus": 4, "ep_size": None}  # data parallel
+    assert client.get(f"{JOBS}/{job['id']}", headers=auth).json()["resources"]["gpus"] == 4
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job["id"]).resources == {"gpus": 4}
 
@@ -59,3 +59,15 @@ def test_multi_device_jobs_are_esft_only_for_now(client, auth, base_model, train
     body = {**job_body(base_model, training_file), "method": {"type": "fft"}, "resources": {"gpus": 2}}
     assert_error(client.post(JOBS, json=body, headers=auth), 400, code="unsupported_value", param="resources.gpus")
     assert client.get(JOBS, headers=auth).json()["data"] == []
+
+
+def test_expert_parallel_jobs_store_an_ep_size_that_divides_the_devices(
+    client, auth, settings, base_model, training_file
+):
+    body = {**job_body(base_model, training_file), "resources": {"gpus": 4, "ep_size": 2}}
+    job = check_openai(client.post(JOBS, json=body, headers=auth))
+    assert job["resources"] == {"gpus": 4, "ep_size": 2}
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, job["id"]).resources == {"gpus": 4, "ep_size": 2}
+    body["resources"] = {"gpus": 4, "ep_size": 3}
+    assert_error(client.post(JOBS, json=body, headers=auth), 400, code="invalid_value", param="resources.ep_size")
