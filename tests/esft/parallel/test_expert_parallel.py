@@ -196,12 +196,15 @@ def test_a_rank_whose_selected_experts_get_no_tokens_finishes(model_dirs, data_f
 
 
 @pytest.mark.slow
-def test_four_ranks_with_replicated_experts(model_dirs, data_file, experts_file, tmp_path):
-    """ep_size 2 on 4 ranks: two replicas of each expert block, gradients summed across replicas only."""
-    model_dir = model_dirs("deepseek_v2", **DEEPSEEK)
+@pytest.mark.parametrize(("family", "options", "ep_size"), [("deepseek_v2", DEEPSEEK, 2), ("qwen3_moe", {}, 4)],
+                         ids=["deepseek_v2-ep2", "qwen3_moe-ep4"])
+def test_four_ranks(family, options, ep_size, model_dirs, data_file, experts_file, tmp_path):
+    """4 ranks: ep_size 2 (two replicas of each expert block, gradients summed across replicas only) and
+    ep_size 4 (two experts per rank; in layer 0 ranks 1 and 2 own no selected expert)."""
+    model_dir = model_dirs(family, **options)
     single = _single(model_dir, data_file, experts_file, tmp_path / "single", grad_accum_steps=4)
     _spawn(4, tmp_path, {"model": model_dir, "data": data_file, "experts": experts_file, "out": tmp_path / "ep",
-                         "ep_size": 2})
+                         "ep_size": ep_size})
     _assert_close(_weights(tmp_path / "ep"), _weights(single))
     torch.testing.assert_close(_losses(tmp_path / "ep"), _losses(single), rtol=TOLERANCE, atol=0)
 
