@@ -1,9 +1,10 @@
 """``esft quickstart``: a complete ESFT run against a live server, over HTTP only.
 
-Builds (or reuses) a toy MoE base model, registers it, uploads a built-in task, starts a job, follows it with
-a live progress bar, prints the adapter's answers next to the base model's, and then the ESFT story in two
-numbers: the task gain, and how much of the base model's general ability the adapter kept (base vs adapter
-on general questions, asked through ``/v1/chat/completions``).
+Installs (or reuses) the pretrained toy MoE base model shipped with the package (it knows six general
+skills), registers it, uploads a built-in task, starts a job, follows it with a live progress bar, prints the
+adapter's answers next to the base model's, and then the ESFT story in two numbers: the task gain, and how
+much of the base model's general ability the adapter kept (base vs adapter on general questions, asked
+through ``/v1/chat/completions``).
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def ensure_base_model(client: httpx.Client, settings: Settings) -> str:
         return TOY_MODEL_ID
     path = (settings.data_dir / "models" / TOY_MODEL_ID).resolve()
     if not (path / "config.json").is_file():
-        console.print(f"Building toy MoE model in {path} ...")
-        from esft.models.toy import build_toy_model
+        from esft.synthetic import pretrained
 
-        build_toy_model(path, family="deepseek_v2", layers=2, experts=8, top_k=2, hidden=64, seed=0)
+        report = pretrained.shipped_report()
+        console.print(f"Installing the pretrained toy MoE ({report['parameters'] / 1e6:.1f}M parameters, general "
+                      f"skills {100 * report['general_mean']:.0f}% exact match) in {path} ...")
+        pretrained.install(path)
     _check(client.post("/v1/admin/models", json={"id": TOY_MODEL_ID, "path": str(path)}))
     console.print(f"Registered base model [bold]{TOY_MODEL_ID}[/]")
     return TOY_MODEL_ID
@@ -93,12 +96,12 @@ def job_body(model: str, training: str, validation: str, steps: int) -> dict[str
     hyper = {
         "max_steps": steps,
         "batch_size": 8,
-        "learning_rate": 1e-2,
+        "learning_rate": 2e-3,
         "seq_len": 64,
         "warmup_ratio": 0.05,
         "save_every": max(1, steps // 4),
     }
-    esft = {"score_function": "token", "top_p": 0.9, "n_sample_tokens": 4096, "hyperparameters": hyper}
+    esft = {"score_function": "token", "top_p": 0.2, "n_sample_tokens": 4096, "hyperparameters": hyper}
     return {
         "model": model,
         "training_file": training,

@@ -67,7 +67,8 @@ def test_serve_then_quickstart(tmp_path):
             assert "POST /v1/chat/completions" in first.stdout and "model=esft-toy" in first.stdout
             # The ESFT story: the task gain next to the general ability the adapter kept.
             assert re.search(r"Task: base \d+% -> adapter \d+% \([+-]\d+ points\)", first.stdout), first.stdout
-            assert re.search(r"General ability \(\d+ questions\): base \d+%, adapter \d+%", first.stdout)
+            general = re.search(r"General ability \(\d+ questions\): base (\d+)%, adapter \d+%", first.stdout)
+            assert general and int(general.group(1)) >= 30, first.stdout  # the shipped base knows its skills
             again = _quickstart(port, data_dir, env, steps=2)
             assert again.returncode == 0 and "Reusing base model" in again.stdout
         finally:
