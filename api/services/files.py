@@ -149,11 +149,15 @@ def list_files(
     return page_by_created(session, query, File, after=after, limit=limit, order=order)
 
 
-def _used_by(file_id: str):
-    """Unfinished jobs (a paused one too) that read the file."""
-    return select(Job.id).where(
+def _used_by(session: Session, file_id: str) -> list[str]:
+    """Unfinished jobs (a paused one too) that read the file: as training, validation or general-ability file."""
+    direct = session.scalars(select(Job.id).where(
         Job.status.in_(ACTIVE), (Job.training_file == file_id) | (Job.validation_file == file_id)
-    )
+    )).all()
+    general = session.execute(select(Job.id, Job.general_files).where(
+        Job.status.in_(ACTIVE), Job.general_files.is_not(None)
+    )).all()  # a JSON list of {"file", "metric"}: matched here, the same way on SQLite and PostgreSQL
+    return [*direct, *(job_id for job_id, files in general if any(g.get("file") == file_id for g in files or []))]
 
 
 def sweep_expired(session: Session, storage: LocalStorage, *, now: datetime | None = None) -> list[str]:
@@ -161,7 +165,7 @@ def sweep_expired(session: Session, storage: LocalStorage, *, now: datetime | No
     now = now or utcnow()
     deleted = []
     for row in session.scalars(select(File).where(File.expires_at.is_not(None), File.expires_at <= now)).all():
-        if session.scalars(_used_by(row.id)).first() is None:
+        if not _used_by(session, row.id):
             session.delete(row)
             session.commit()
             storage.delete(row.storage_key)
@@ -171,7 +175,7 @@ def sweep_expired(session: Session, storage: LocalStorage, *, now: datetime | No
 
 def delete(session: Session, storage: LocalStorage, project_id: str, file_id: str) -> None:
     row = get(session, project_id, file_id)
-    users = session.scalars(_used_by(file_id)).all()
+    users = _used_by(session, file_id)
     if users:
         raise ServiceError(
             409,

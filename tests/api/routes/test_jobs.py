@@ -278,3 +278,15 @@ def test_every_job_parameter_row_answers_as_the_table_says(client, auth, base_mo
     else:
         assert response.status_code == 200, response.text
         check_openai(response)
+
+
+def test_deleting_a_general_ability_file_of_an_unfinished_job_conflicts(
+    client, auth, base_model, training_file, upload
+):
+    general = upload(jsonl(chat_rows()), name="general.jsonl").json()["id"]
+    body = {**job_body(base_model, training_file), "general_files": [{"file": general, "metric": "exact_match"}]}
+    job = check_openai(client.post("/v1/fine_tuning/jobs", json=body, headers=auth))
+    error = assert_error(client.delete(f"/v1/files/{general}", headers=auth), 409, "file_in_use")
+    assert job["id"] in error["message"]
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
+    assert client.delete(f"/v1/files/{general}", headers=auth).status_code == 200
