@@ -55,7 +55,7 @@ def test_two_process_job_streams_progress_cancel_kills_its_processes_and_the_nex
 
     short = two_process_job(service, file_id, max_steps=3)
     done = service.wait_job(short["id"], lambda j: j["status"] == "succeeded")
-    assert done["fine_tuned_model"] and done["trained_tokens"] > 0 and done["resources"] == {"gpus": 2}
+    assert done["fine_tuned_model"] and done["trained_tokens"] > 0 and done["resources"]["gpus"] == 2
     assert service.http.get(f"/v1/models/{done['fine_tuned_model']}").json()["kind"] == "adapter"
     assert live_members(launched(service, short["id"])["pgid"]) == []
     steps = [e["data"]["step"] for e in service.events(short["id"]) if (e["data"] or {}).get("phase") == "training"]

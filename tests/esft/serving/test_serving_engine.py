@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
 
 import pytest
 import torch
@@ -51,7 +52,12 @@ def test_continuous_batching_joins_the_running_batch(make_engine, solo):
     if alone.finish_reason != "length":
         pytest.skip("the toy model stopped early; no long request to join")
     first_token = threading.Event()
-    long_handle = engine.submit(_request(engine, *long_ask, max_tokens=200), on_event=lambda event: first_token.set())
+
+    def on_long_token(event) -> None:  # a pause per token releases the GIL: the short request is sent in time,
+        first_token.set()  # whatever else loads the machine
+        time.sleep(0.005)
+
+    long_handle = engine.submit(_request(engine, *long_ask, max_tokens=200), on_event=on_long_token)
     assert first_token.wait(30)
     short = engine.complete(_request(engine, "math", PROMPTS[1], max_tokens=12), timeout=60)
     assert not long_handle.done  # the short request joined and left while the long one ran
