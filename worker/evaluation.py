@@ -171,8 +171,10 @@ def _judge(ctx: StepContext, spec: dict[str, Any], metrics: list[str]):
         metrics.remove("llm_judge")
         ctx.log(f"LLM judge skipped: {exc.message}", level="warn")
         return None
-    return JudgeClient(url, spec["judge"]["model"], api_key=ctx.settings.judge_api_key,
-                       timeout_s=ctx.settings.judge_timeout_s)
+    from api.core import job_secrets
+
+    api_key = job_secrets.load(ctx.settings, ctx.job.id).get("evaluation.judge.api_key") or ctx.settings.judge_api_key
+    return JudgeClient(url, spec["judge"]["model"], api_key=api_key, timeout_s=ctx.settings.judge_timeout_s)
 
 
 def _summary(task, retention_report: dict[str, Any] | None) -> dict[str, Any]:

@@ -38,11 +38,11 @@ def _walk(model: BaseModel, prefix: str, found: dict[str, str]) -> dict[str, Any
     return exclude
 
 
-def split(model: BaseModel) -> tuple[dict[str, Any], dict[str, str]]:
+def split(model: BaseModel, *, exclude_none: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """(the model as JSON without its secret fields, the secrets by dotted path such as ``judge.api_key``)."""
     found: dict[str, str] = {}
     exclude = _walk(model, "", found)
-    return model.model_dump(mode="json", exclude=exclude or None), found
+    return model.model_dump(mode="json", exclude=exclude or None, exclude_none=exclude_none), found
 
 
 def _path(settings: Settings, job_id: str):

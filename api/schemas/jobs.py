@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from api.schemas.common import ListPage, StrictRequest
 from api.schemas.models import SuiteMetric
@@ -109,6 +109,10 @@ class JudgeSpec(StrictRequest):
     url: str = Field(min_length=1, max_length=2048, description="API base, e.g. `http://judge:8000/v1`; must be in "
                      "the deployment's outbound-URL allowlist")
     model: str = Field(min_length=1, max_length=256, description="the judge's model name at that endpoint")
+    api_key: SecretStr | None = Field(
+        default=None, max_length=4096, description="bearer token for this endpoint; never stored in the job nor "
+        "shown back (default: the deployment's ESFT_JUDGE_API_KEY)"
+    )
 
 
 class EvaluationSpec(StrictRequest):

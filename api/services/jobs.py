@@ -114,7 +114,7 @@ def _check_evaluation(settings: Settings, body: JobCreate) -> dict[str, Any] | N
     if spec.max_examples is not None and spec.max_examples > settings.max_eval_examples:
         raise _refuse(f"`evaluation.max_examples` is {spec.max_examples}; this deployment evaluates at most "
                       f"{settings.max_eval_examples} examples per job.", "evaluation.max_examples")
-    return spec.model_dump(mode="json", exclude_none=True)
+    return job_secrets.split(spec, exclude_none=True)[0]  # the judge's api_key is kept out of the row
 
 
 def _check_general_files(session: Session, project_id: str, body: JobCreate) -> list[dict[str, Any]] | None:

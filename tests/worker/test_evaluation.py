@@ -3,8 +3,12 @@ counted, never fatal), retention on a base-model suite and job files, and the 40
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from api.core.db.models import Job
+from api.core.db.session import session_scope
 from api.core.settings import Settings
 from tests.esft.evaluation.judge_server import judge_server
 from tests.service_support import assert_error, chat_rows, free_port, job_body, jsonl
@@ -48,11 +52,16 @@ def test_job_reports_task_metrics_judge_counts_and_retention(
     with judge_server() as server:
         body = {**job_body("toy", training), "general_files": [{"file": general, "metric": "exact_match"}],
                 "evaluation": {"metrics": ["chrf", "exact_match", "llm_judge"], "max_examples": 4,
-                               "judge": {"url": server.url, "model": "judge"}}}
-        job = client.post("/v1/fine_tuning/jobs", json=body, headers=auth).json()
+                               "judge": {"url": server.url, "model": "judge", "api_key": "sk-judge-secret"}}}
+        created = client.post("/v1/fine_tuning/jobs", json=body, headers=auth)
         queue.drain()
         judged = len(server.requests)
-    job = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=auth).json()
+        assert {r["auth"] for r in server.requests} == {"Bearer sk-judge-secret"}  # the job's own key
+    assert "sk-judge-secret" not in created.text
+    job = client.get(f"/v1/fine_tuning/jobs/{created.json()['id']}", headers=auth).json()
+    with session_scope(settings.database_url) as session:  # nowhere in the job's row either
+        row = session.get(Job, job["id"])
+        assert "sk-judge-secret" not in json.dumps([row.evaluation, row.method, row.hyperparameters])
     assert job["status"] == "succeeded", job
     assert job["evaluation"]["metrics"] == ["chrf", "exact_match", "llm_judge"]
     result = job["evaluation_result"]
