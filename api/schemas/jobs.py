@@ -120,7 +120,8 @@ class EvaluationSpec(StrictRequest):
 
     metrics: list[MetricName] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["exact_match"], min_length=1, max_length=len(METRIC_NAMES),
-        description="exact_match, contains, bleu, chrf, rouge_l (0-100) and llm_judge (1-10, needs `judge`)",
+        description="exact_match, exact_match_strict, contains, bleu, chrf, rouge_l (0-100) and llm_judge (1-10, "
+                    "needs `judge`)",
     )
     max_examples: int | None = Field(default=None, ge=1, description="examples evaluated (default: the "
                                      "deployment's `eval_max_examples`; at most its `max_eval_examples`)")

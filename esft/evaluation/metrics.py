@@ -1,13 +1,15 @@
 """Text metrics by name: one answer against its reference -> a score from 0 to 100.
 
 ``exact_match`` and ``contains`` compare normalised text (case, surrounding and repeated whitespace do not
-count). ``bleu`` (sacrebleu's sentence BLEU) tokenizes per example language: ``zh`` when the reference
-contains Chinese characters, ``13a`` otherwise; with ``13a`` a Chinese sentence is one token and scores 0.
-``chrf`` is character n-gram F-score (language-free). ``rouge_l`` is rouge-score's LCS F-measure with CJK
-characters split one per token (rouge-score's own tokenizer keeps only ``[a-z0-9]`` and scores Chinese 0).
+count); ``exact_match_strict`` counts case and inner whitespace too (code, casing tasks, identifiers), only
+surrounding whitespace is stripped. ``bleu`` (sacrebleu's sentence BLEU) tokenizes per example language:
+``zh`` when the reference contains Chinese characters, ``13a`` otherwise; with ``13a`` a Chinese sentence is
+one token and scores 0. ``chrf`` is character n-gram F-score (language-free). ``rouge_l`` is rouge-score's
+LCS F-measure with CJK characters split one per token (rouge-score's own tokenizer keeps only ``[a-z0-9]``
+and scores Chinese 0).
 ``llm_judge`` is not a text function: a model grades each answer 1-10 (``esft.evaluation.judge``).
 
-``esft.evaluation.teacher_forcing.exact_match`` is the same exact match for greedy decoding, computed in
+``esft.evaluation.teacher_forcing.exact_match`` is the strict exact match of greedy decoding, computed in
 one forward pass; the functions here score answers that were actually generated.
 """
 
@@ -42,6 +44,10 @@ def rouge_tokens(text: str) -> list[str]:
 
 def exact_match(answer: str, reference: str) -> float:
     return 100.0 if normalize(answer) == normalize(reference) else 0.0
+
+
+def exact_match_strict(answer: str, reference: str) -> float:
+    return 100.0 if answer.strip() == reference.strip() else 0.0
 
 
 def contains(answer: str, reference: str) -> float:
@@ -80,6 +86,7 @@ def rouge_l(answer: str, reference: str) -> float:
 
 TEXT_METRICS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
+    "exact_match_strict": exact_match_strict,
     "contains": contains,
     "bleu": bleu,
     "chrf": chrf,

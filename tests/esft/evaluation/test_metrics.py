@@ -23,6 +23,14 @@ def test_exact_match_and_contains_ignore_case_and_spacing():
     assert em("我爱北京天安门", ZH_REF) == 100.0 and contains("答：我爱北京天安门。", ZH_REF) == 100.0
 
 
+def test_strict_exact_match_counts_case_and_inner_spacing():
+    strict = TEXT_METRICS["exact_match_strict"]
+    assert strict("  the cat sat on the mat\n", CAT) == 100.0
+    assert strict("The cat sat on the mat", CAT) == 0.0
+    assert strict("the cat  sat on the mat", CAT) == 0.0
+    assert strict("ABC", "ABC") == 100.0 and strict("abc", "ABC") == 0.0
+
+
 def test_bleu_by_hand():
     # "the cat sat on a mat": n-gram precisions 5/6, 3/5, 2/4, 1/3; same length, so no brevity penalty.
     expected = 100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
