@@ -2,7 +2,8 @@
 
 Each finished run is appended to a JSONL file under a key that names everything that determines its result:
 the base model's pretraining config, the method (less its learning-rate grid), task, rate, seed, budget,
-data sizes and experts. Widening a grid or adding a seed therefore reruns only the new runs.
+data sizes, experts and the evaluation (``research.runs.EVALUATION``). Widening a grid or adding a seed
+therefore reruns only the new runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from research.runs import Job
+from research.runs import EVALUATION, Job
 
 
 def job_key(job: Job, model_key: str) -> str:
@@ -24,6 +25,7 @@ def job_key(job: Job, model_key: str) -> str:
     data["method"].pop("learning_rates")
     data["experts"] = {str(k): sorted(v) for k, v in sorted(job.experts.items())}
     data["model"] = model_key
+    data["evaluation"] = EVALUATION
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -24,7 +24,8 @@ import torch
 from esft.config import SelectionConfig
 from esft.models.loading import load_model
 from esft.selection import select_experts
-from esft.synthetic.pretrain import PretrainConfig, build_model, pretrain
+from esft.synthetic.pretrain import PretrainConfig, build_model, cached_report, pretrain
+from esft.synthetic.pretrained import install
 from esft.synthetic.tasks import TASKS, sample_rows, task_splits
 from research.cache import RunCache
 from research.routing import RoutingReport, analyse, plot_concentration, plot_overlap, task_scores
@@ -43,8 +44,10 @@ METHODS: tuple[Method, ...] = (
     Method("Random experts", "esft", ESFT_LRS, "token", 0.2, random_experts=True),
     Method("ESFT-Token +shared", "esft", ESFT_LRS, "token", 0.2, shared_experts=True),
     Method("ESFT-Token +non-expert", "esft", ESFT_LRS, "token", 0.2, non_expert_modules=True),
+    Method("ESFT-LoRA (answer)", "esft_lora", LORA_LRS, "token", 0.2, response_only=True),
     Method("FFT", "fft", FFT_LRS),
     Method("LoRA", "lora", LORA_LRS),
+    Method("LoRA (experts)", "lora_experts", LORA_LRS),
 )
 # fmt: on
 BASE = Method("Base", "base", (0.0,))
@@ -82,7 +85,7 @@ def _selections(model, tokenizer, task: str, config: ComparisonConfig) -> dict[s
     rows = task_splits(task, config.sizes.n_train, 1, 1).train[: config.scoring_rows]
     selections: dict[str, dict[int, list[int]]] = {}
     for method in config.methods:
-        if method.kind != "esft" or method.selection_key in selections:
+        if not method.trains_selected_experts or method.selection_key in selections:
             continue
         scores = task_scores(model, tokenizer, rows, response_only=method.response_only)
         chosen = select_experts(scores, SelectionConfig(method.score_function, method.top_p))
@@ -98,7 +101,7 @@ def random_experts(like: dict[int, list[int]], num_experts: int, seed: int) -> d
 
 def _job(config: ComparisonConfig, method: Method, task: str, lr: float, seed: int, sel: dict) -> Job:
     experts: dict[int, list[int]] = {}
-    if method.kind == "esft":
+    if method.trains_selected_experts:
         experts = sel[method.selection_key]
         if method.random_experts:
             experts = random_experts(experts, config.pretrain.experts, seed)
@@ -169,6 +172,9 @@ def run_comparison(config: ComparisonConfig, plots_dir: Path, log: Callable[[str
     """Run the whole comparison; returns everything the report needs (JSON-ready)."""
     start = time.perf_counter()
     torch.set_num_threads(config.threads)
+    if config.pretrain == PretrainConfig() and cached_report(config.model_dir, config.pretrain) is None:
+        log(f"installing the shipped pretrained toy (default PretrainConfig) in {config.model_dir}")
+        install(config.model_dir)  # the quickstart's base: bf16 weights of this very pretraining, as fp32
     pretrain_report = pretrain(config.model_dir, config.pretrain, log=log)
     model, tokenizer = load_model(config.model_dir, dtype="float32", device="cpu")
     routing, routing_init = _routing(model, tokenizer, config, plots_dir)
