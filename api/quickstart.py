@@ -1,10 +1,10 @@
 """``esft quickstart``: a complete ESFT run against a live server, over HTTP only.
 
 Installs (or reuses) the pretrained toy MoE base model shipped with the package (it knows six general
-skills), registers it, uploads a built-in task, starts a job, follows it with a live progress bar, prints the
-adapter's answers next to the base model's, and then the ESFT story in two numbers: the task gain, and how
-much of the base model's general ability the adapter kept (base vs adapter on general questions, asked
-through ``/v1/chat/completions``).
+skills), registers it, uploads a built-in task and the toy's general questions (one file per skill, the job's
+``general_files``), starts a job, follows it with a live progress bar, prints the adapter's answers next to the
+base model's, and then the ESFT story in two numbers, as the job's own evaluation reports them
+(``evaluation_result``): the task gain, and how much of the base model's general ability the adapter kept.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from api.core.artifacts import RETENTION_PNG
 from api.core.settings import Settings
 
 TOY_MODEL_ID = "esft-toy"
@@ -34,6 +35,11 @@ TASK = {
 }
 TEMPLATES = ("What is {}?",)
 N_GENERAL = 4  # general questions per skill (esft.synthetic's held-out general rows)
+# Case counts: the toy's `upper` skill is wrong when it answers in lower case.
+METRIC = "exact_match_strict"
+# Every answer of the task and of the general skills is a few characters; a fixed length keeps the story
+# independent of the deployment's ESFT_EVAL_MAX_NEW_TOKENS.
+MAX_NEW_TOKENS = 16
 console = Console()
 
 
@@ -92,7 +98,18 @@ def upload(client: httpx.Client, name: str, rows: list[dict[str, Any]]) -> str:
     return _check(client.post("/v1/files", data={"purpose": "fine-tune"}, files=files))["id"]
 
 
-def job_body(model: str, training: str, validation: str, steps: int) -> dict[str, Any]:
+def upload_general(client: httpx.Client, n_per_skill: int = N_GENERAL) -> list[dict[str, str]]:
+    """The toy's held-out general questions, one file per skill (so retention reports each skill), as the
+    job's ``general_files``."""
+    from esft.synthetic.tasks import general_eval_rows
+
+    return [{"file": upload(client, f"general-{skill}.jsonl", rows), "metric": METRIC}
+            for skill, rows in general_eval_rows(n_per_skill).items()]
+
+
+def job_body(
+    model: str, training: str, validation: str, steps: int, general_files: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     hyper = {
         "max_steps": steps,
         "batch_size": 8,
@@ -109,6 +126,8 @@ def job_body(model: str, training: str, validation: str, steps: int) -> dict[str
         "suffix": "quickstart",
         "seed": 0,
         "method": {"type": "esft", "esft": esft},
+        "evaluation": {"metrics": [METRIC], "max_new_tokens": MAX_NEW_TOKENS},
+        "general_files": general_files,
     }
 
 
@@ -145,17 +164,19 @@ def follow(client: httpx.Client, job_id: str, timeout_s: float = 1800) -> dict[s
 
 def show_results(client: httpx.Client, job: dict[str, Any]) -> None:
     results = _check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/eval_results.json"))
+    metric = results["metrics"][0]
     table = Table(title="Task prompts: base model vs ESFT adapter")
     for column in ("prompt", "expected", "base", "adapter"):
         table.add_column(column)
     for row in results["examples"]:
         prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else row["prompt"]
-        mark = "[green]" if row["adapter"].strip().lower() == row["expected"].lower() else "[red]"
+        mark = "[green]" if row["scores"]["adapter"][metric] == 100 else "[red]"
         table.add_row(prompt, row["expected"], row["base"][:24], f"{mark}{row['adapter'][:24]}[/]")
     console.print(table)
+    summary = results["summary"]
     console.print(
-        f"Accuracy: adapter [bold]{results['accuracy_adapter']:.0%}[/], "
-        f"base {results['accuracy_base']:.0%} ({results['n_examples']} prompts)"
+        f"Accuracy: adapter [bold]{summary['adapter'][metric]['mean']:.0f}%[/], "
+        f"base {summary['base'][metric]['mean']:.0f}% ({results['n_examples']} prompts, {metric})"
     )
     console.print(f"Adapter: [bold]{job['fine_tuned_model']}[/]  (download: GET /v1/models/<id>/content)")
 
@@ -184,34 +205,34 @@ def show_live_answers(client: httpx.Client, job: dict[str, Any]) -> None:
     console.print(table)
 
 
-def general_questions(n_per_task: int = N_GENERAL) -> list[tuple[str, str]]:
-    """``(question, answer)`` pairs of the synthetic general skills, held out of any pretraining mixture."""
-    from esft.synthetic.tasks import general_eval_rows
+def story(job: dict[str, Any]) -> list[str]:
+    """The ESFT story from the job's ``evaluation_result``: task gain, general ability kept, the headline."""
+    result = job.get("evaluation_result") or {}
+    task, retention = result.get("task"), result.get("retention")
+    if not task:
+        return []
+    metric = task["metrics"][0]
+    base, adapter = task["summary"]["base"][metric]["mean"], task["summary"]["adapter"][metric]["mean"]
+    gain = task["delta"]["adapter"][metric]["mean"]
+    lines = [f"Task: base {base:.0f}% -> adapter {adapter:.0f}% ([bold]{gain:+.0f} points[/])"]
+    if retention and retention["average"]["base"] is not None:
+        average = retention["average"]
+        questions = sum(f["n_examples"] for f in retention["files"])
+        kept = f"{average['ratio']:.0%} kept" if average["ratio"] is not None else "the base scores 0: nothing to keep"
+        lines.append(f"General ability ({questions} questions): base {average['base']:.0f}%, "
+                     f"adapter {average['adapter']:.0f}% ([bold]{kept}[/])")
+    lines.append(f"Headline: {result['headline']}")
+    return lines
 
-    return [(row["messages"][0]["content"], row["messages"][1]["content"])
-            for rows in general_eval_rows(n_per_task).values() for row in rows]
 
-
-def _score(client: httpx.Client, model: str, pairs: list[tuple[str, str]]) -> float:
-    """Exact-match share of ``model``'s greedy answers."""
-    right = sum((chat(client, model, question) or "").strip().lower() == answer.lower() for question, answer in pairs)
-    return right / max(len(pairs), 1)
-
-
-def show_story(client: httpx.Client, job: dict[str, Any]) -> dict[str, float] | None:
-    """Task gain next to the general ability kept: what ESFT buys, in two lines."""
-    results = _check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts/eval_results.json"))
-    pairs = general_questions()
-    if chat(client, job["model"], pairs[0][0]) is None:
-        return None
-    base, adapter = _score(client, job["model"], pairs), _score(client, job["fine_tuned_model"], pairs)
-    gain = 100 * (results["accuracy_adapter"] - results["accuracy_base"])
-    kept = f"{adapter / base:.0%} kept" if base else "the base scores 0: nothing to keep"
-    console.print(f"Task: base {results['accuracy_base']:.0%} -> adapter {results['accuracy_adapter']:.0%} "
-                  f"([bold]{gain:+.0f} points[/])")
-    console.print(f"General ability ({len(pairs)} questions): base {base:.0%}, adapter {adapter:.0%} "
-                  f"([bold]{kept}[/])")
-    return {"task_gain": gain, "general_base": base, "general_adapter": adapter}
+def show_story(client: httpx.Client, job: dict[str, Any]) -> None:
+    """Task gain next to the general ability kept (what ESFT buys), and where the retention plot is."""
+    for line in story(job):
+        console.print(line)
+    names = {a["name"] for a in _check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts"))["data"]}
+    if RETENTION_PNG in names:
+        url = f"{client.base_url}/v1/fine_tuning/jobs/{job['id']}/artifacts/{RETENTION_PNG}"
+        console.print(f"Retention per skill: GET {url}", soft_wrap=True)  # one line: the URL stays copyable
 
 
 def wait_for_server(client: httpx.Client, wait: float) -> bool:
@@ -237,7 +258,8 @@ def run(url: str, api_key: str, settings: Settings, *, steps: int, wait: float =
         rows = task_rows()
         training = upload(client, "quickstart-train.jsonl", rows)
         validation = upload(client, "quickstart-valid.jsonl", rows[: len(TASK)])
-        job = _check(client.post("/v1/fine_tuning/jobs", json=job_body(model, training, validation, steps)))
+        body = job_body(model, training, validation, steps, upload_general(client))
+        job = _check(client.post("/v1/fine_tuning/jobs", json=body))
         console.print(f"Started job [bold]{job['id']}[/] ({steps} steps)")
         job = follow(client, job["id"])
         if job["status"] != "succeeded":

@@ -225,7 +225,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     summary = _summary(task, retention_report)
     rows = task.examples
     n = max(len(rows), 1)
-    legacy = {  # exact match is always reported, whatever the metrics (quickstart and older clients read it)
+    legacy = {  # exact match is always reported, whatever the metrics (older clients read it)
         "n_examples": len(rows),
         "source": "validation_file" if ctx.validation_path else "training_file",
         "accuracy_base": sum(exact_match(r["base"], r["expected"]) for r in rows) / 100 / n,

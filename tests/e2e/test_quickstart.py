@@ -47,6 +47,14 @@ def _quickstart(port: int, data_dir: Path, env: dict, steps: int) -> subprocess.
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
 
 
+def _job(port: int, data_dir: Path, job_id: str) -> dict:
+    key = (data_dir / "api_key").read_text().strip()
+    response = httpx.get(f"http://127.0.0.1:{port}/v1/fine_tuning/jobs/{job_id}",
+                         headers={"Authorization": f"Bearer {key}"})
+    response.raise_for_status()
+    return response.json()
+
+
 def test_serve_then_quickstart(tmp_path):
     port, data_dir, log_path = free_port(), tmp_path / "esft-data", tmp_path / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "ESFT_EVAL_MAX_NEW_TOKENS": "4", "ESFT_EVAL_MAX_EXAMPLES": "4"}
@@ -65,10 +73,21 @@ def test_serve_then_quickstart(tmp_path):
             assert re.search(r"ft:esft-toy:proj-[0-9a-f]+:quickstart:ftjob-", first.stdout)
             # The same server answers through the OpenAI-compatible endpoint, base model and adapter.
             assert "POST /v1/chat/completions" in first.stdout and "model=esft-toy" in first.stdout
-            # The ESFT story: the task gain next to the general ability the adapter kept.
-            assert re.search(r"Task: base \d+% -> adapter \d+% \([+-]\d+ points\)", first.stdout), first.stdout
-            general = re.search(r"General ability \(\d+ questions\): base (\d+)%, adapter \d+%", first.stdout)
-            assert general and int(general.group(1)) >= 30, first.stdout  # the shipped base knows its skills
+            # The ESFT story: the task gain next to the general ability the adapter kept, as the job reports it.
+            job = _job(port, data_dir, re.search(r"Started job (ftjob-[0-9a-f]+)", first.stdout).group(1))
+            assert job["evaluation"]["metrics"] == ["exact_match_strict"]
+            assert [g["metric"] for g in job["general_files"]] == ["exact_match_strict"] * 6  # one file per skill
+            task, retention = job["evaluation_result"]["task"], job["evaluation_result"]["retention"]
+            assert [f["n_examples"] for f in retention["files"]] == [4] * 6
+            summary, gain = task["summary"], task["delta"]["adapter"]["exact_match_strict"]["mean"]
+            assert (f"Task: base {summary['base']['exact_match_strict']['mean']:.0f}% -> adapter "
+                    f"{summary['adapter']['exact_match_strict']['mean']:.0f}% ({gain:+.0f} points)") in first.stdout
+            average = retention["average"]
+            assert average["base"] >= 30, retention  # the shipped base knows its skills
+            assert (f"General ability (24 questions): base {average['base']:.0f}%, adapter {average['adapter']:.0f}% "
+                    f"({average['ratio']:.0%} kept)") in first.stdout, first.stdout
+            assert f"Headline: {job['evaluation_result']['headline']}" in first.stdout
+            assert f"/v1/fine_tuning/jobs/{job['id']}/artifacts/retention.png" in first.stdout
             again = _quickstart(port, data_dir, env, steps=2)
             assert again.returncode == 0 and "Reusing base model" in again.stdout
         finally:
