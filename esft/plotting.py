@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -72,7 +73,7 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path) -> Path:
 def plot_retention(report: dict, out_png: str | Path) -> Path:
     """Base vs adapter score per general-ability file and on average (``esft.evaluation.retention`` report)."""
     rows = [*report["files"], {"name": "average", **report["average"]}]
-    names = [row["name"] for row in rows]
+    names = _short_labels([row["name"] for row in rows])
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4))
     for offset, key, colour in ((-0.2, "base", "#999999"), (0.2, "adapter", "#1f77b4")):
@@ -88,6 +89,12 @@ def plot_retention(report: dict, out_png: str | Path) -> Path:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_png)
+
+
+def _short_labels(names: list[str]) -> list[str]:
+    """Names without a ``.jsonl`` extension and ``#index`` suffix, where the short names stay unique."""
+    short = [re.sub(r"\.jsonl?(#\d+)?$", "", name) for name in names]
+    return short if len(set(short)) == len(short) else names
 
 
 def _save(fig, out_png: str | Path) -> Path:
