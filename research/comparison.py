@@ -29,7 +29,7 @@ from esft.synthetic.pretrained import install
 from esft.synthetic.tasks import TASKS, sample_rows, task_splits
 from research.cache import RunCache
 from research.routing import RoutingReport, analyse, plot_concentration, plot_overlap, task_scores
-from research.runs import Job, Method, Sizes, run_job
+from research.runs import EVALUATION, Job, Method, Sizes, run_job
 
 ESFT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 FFT_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -192,7 +192,8 @@ def run_comparison(config: ComparisonConfig, plots_dir: Path, log: Callable[[str
     seed_jobs = [_job(config, methods[m], t, lr, s, selections[t])
                  for (t, m), lr in chosen.items() for s in config.seeds[1:]]
     runs = sweep + _run_all(seed_jobs, config.workers, log, cache)
-    return {"config": _config_dict(config), "pretrain": pretrain_report, "routing": asdict(routing),
+    return {"config": _config_dict(config), "pretrain": pretrain_report, "evaluation": EVALUATION,
+            "routing": asdict(routing),
             "routing_init": asdict(routing_init), "routing_summary": routing.summary(),
             "selections": _selection_counts(selections), "base": base,
             "sweep": sweep, "runs": runs, "table": aggregate(runs, chosen),

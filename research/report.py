@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from esft.evaluation.retention import FileScore, headline, retention  # noqa: E402
+from esft.evaluation.retention import headline  # noqa: E402
 from esft.synthetic.tasks import TASKS  # noqa: E402
 from research.routing import routing_summary  # noqa: E402
 
@@ -89,22 +89,21 @@ def general_breakdown(results: dict[str, Any], task: str) -> list[str]:
 
 
 def retention_table(results: dict[str, Any], task: str) -> list[str]:
-    """General ability kept per method, computed by the service's ``esft.evaluation.retention`` (general tasks
-    other than ``task``'s own skill, exact match 0-100; mean over seeds at the chosen rate)."""
-    base = _base(results, task)
-    names = [n for n in base["general"] if n != TASKS[task].skill]
+    """General ability kept per method: each run's report from the service's ``esft.evaluation.retention``
+    (general tasks other than ``task``'s own skill, exact match 0-100), averaged over seeds at the chosen rate."""
     lines = ["| Method | Task gain | General: base → method | Difference | Kept (ratio) | Headline |",
              "|---|---|---|---|---|---|"]
+    base_task = _base(results, task)["test_accuracy"]
     for row in (r for r in results["table"] if r["task"] == task):
-        runs = [x for x in results["runs"] if x["task"] == task and x["method"] == row["method"]
-                and x["learning_rate"] == row["learning_rate"]]
-        files = [FileScore(n, "exact_match", 0, base["general"][n] * 100,
-                           float(np.mean([x["general"][n] for x in runs])) * 100) for n in names]
-        average = retention(files)["average"]
-        gain = (_m(row, "test_accuracy") - base["test_accuracy"]) * 100
+        reports = [x["retention"]["average"] for x in results["runs"] if x["task"] == task
+                   and x["method"] == row["method"] and x["learning_rate"] == row["learning_rate"]]
+        average = {key: None if any(a[key] is None for a in reports) else float(np.mean([a[key] for a in reports]))
+                   for key in ("base", "adapter", "difference", "ratio")}
+        gain = (_m(row, "test_accuracy") - base_task) * 100
         kept = "–" if average["ratio"] is None else f"{average['ratio']:.0%}"
         lines.append(f"| {row['method']} | {gain:+.1f} | {average['base']:.1f} → {average['adapter']:.1f} | "
-                     f"{average['difference']:+.1f} | {kept} | {headline(gain, 'exact_match', average['ratio'])} |")
+                     f"{average['difference']:+.1f} | {kept} | "
+                     f"{headline(gain, 'exact_match_strict', average['ratio'])} |")
     return lines
 
 

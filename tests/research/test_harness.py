@@ -42,7 +42,8 @@ def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
     )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads(json.dumps(summary))
-    methods = {f"reverse_plus/{m}" for m in ("ESFT-Token", "FFT", "LoRA", "Random experts")}
+    methods = {f"reverse_plus/{m}" for m in ("ESFT-Token", "FFT", "LoRA", "Random experts", "ESFT-LoRA (answer)",
+                                             "LoRA (experts)")}
     assert methods <= set(summary["methods"])
     text = out_md.read_text()
     for heading in ("Routing is concentrated", "claims, checked", "Which scoring to use", "learning-rate sweep"):
@@ -52,6 +53,11 @@ def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
         assert (plots / png).stat().st_size > 0 and f"results/{png}" in text
     raw = json.loads((plots / "method_comparison.json").read_text())
     assert {r["seed"] for r in raw["runs"]} == {0, 1}
+    # every run carries the service's retention report, against the base model's own answers
+    for run in raw["runs"]:
+        average = run["retention"]["average"]
+        assert average["adapter"] == run["general_mean"] * 100 and average["difference"] is not None
+    assert "General ability kept, as the service reports it" in text
 
 
 def test_run_cache_persists_and_keys_on_what_determines_a_result(tmp_path):
