@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from esft.models.loading import load_model
 from esft.synthetic.pretrain import REPORT_NAME, pretrain
 from research.comparison import best_rate, random_experts
@@ -56,7 +58,7 @@ def test_bench_small_writes_results_and_prints_json(tmp_path, capsys):
     # every run carries the service's retention report, against the base model's own answers
     for run in raw["runs"]:
         average = run["retention"]["average"]
-        assert average["adapter"] == run["general_mean"] * 100 and average["difference"] is not None
+        assert average["adapter"] == pytest.approx(run["general_mean"] * 100) and average["difference"] is not None
     assert "General ability kept, as the service reports it" in text
 
 
