@@ -1,5 +1,5 @@
 """Prometheus ``/metrics``: HTTP latency by route template, jobs by status, queue depth, training step time and
-tokens/s, and each inference engine's batch, queue and adapter cache.
+tokens/s, each inference engine's batch, queue and adapter cache, and the full-copy engines closed to load others.
 
 Each app has its own registry (``app.state.metrics``). Job and engine figures are read when Prometheus scrapes
 (from the database and the engines), so the worker processes need no exporter of their own. Nothing exported
@@ -89,10 +89,11 @@ class JobsCollector:
 
 
 class EnginesCollector:
-    """Per base model: running batch, waiting requests, adapter cache bytes, hits, misses and evictions."""
+    """Per base model: running batch, waiting requests, adapter cache bytes, hits, misses and evictions; and the
+    engines the pool closed (``EnginePool.evictions``, no label: an evicted engine is gone)."""
 
-    def __init__(self, engines: Callable[[], Mapping[str, Any]]):
-        self.engines = engines
+    def __init__(self, engines: Callable[[], Mapping[str, Any]], engine_evictions: Callable[[], int]):
+        self.engines, self.engine_evictions = engines, engine_evictions
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model"]
@@ -113,6 +114,9 @@ class EnginesCollector:
             misses.add_metric([name], getattr(engine.cache, "misses", 0))
             evictions.add_metric([name], stats["cache"]["evictions"])
         yield from (batch, queue, used, budget, hits, misses, evictions)
+        yield CounterMetricFamily(
+            "esft_engine_evictions", "Idle full-copy engines closed to load another.", value=self.engine_evictions()
+        )
 
 
 def _engines(app: FastAPI) -> Mapping[str, Any]:
@@ -124,12 +128,17 @@ def _engines(app: FastAPI) -> Mapping[str, Any]:
     return {} if engine is None else {engine.base_name: engine}
 
 
+def _engine_evictions(app: FastAPI) -> int:
+    """Engines the service's pool closed to load others (the standalone app's one engine stays)."""
+    return getattr(getattr(app.state, "inference_pool", None), "evictions", 0)
+
+
 def mount_metrics(app: FastAPI, sessions: sessionmaker[Session] | None = None) -> ServiceMetrics:
     """Add ``GET /metrics`` (not in the OpenAPI document) and the collectors; ``sessions``: the service's DB."""
     metrics = ServiceMetrics()
     if sessions is not None:
         metrics.registry.register(JobsCollector(sessions))
-    metrics.registry.register(EnginesCollector(lambda: _engines(app)))
+    metrics.registry.register(EnginesCollector(lambda: _engines(app), lambda: _engine_evictions(app)))
     app.state.metrics = metrics
     app.add_api_route(
         "/metrics", metrics.render, methods=["GET"], include_in_schema=False, name="metrics", tags=["health"]

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     inference_request_timeout_s: float | None = Field(
         default=600.0, gt=0, description="deadline of a chat or text completion (504 `timeout` past it); null: none"
     )
+    # At least 1: a full copy (FFT, merged LoRA) is only ever served by an engine of its own.
+    inference_max_full_copy_engines: int = Field(
+        default=2,
+        ge=1,
+        description="full-copy models kept loaded for inference (each a whole model in memory); loading one more "
+        "closes the least recently used idle one, and answers 503 `engine_capacity` when all are busy",
+    )
 
     def db_pool(self) -> dict[str, float]:
         """Connection-pool arguments for ``api.core.db.session.make_engine``."""

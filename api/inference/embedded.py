@@ -10,11 +10,20 @@ checks the project and picks the base model's engine), and an adapter's files ar
 the first request that names it or one of its adapters (what ``esft serve`` uses, since base models are
 registered while the server runs). ``mount_inference(app, model_id)`` serves one base model, loaded now.
 Either way the engines close when the app shuts down.
+
+A full copy (FFT, merged LoRA) is a whole model with an engine of its own, so the pool keeps at most
+``inference_max_full_copy_engines`` of them loaded: loading one more closes the least recently used one that no
+request is using (base models' engines stay). An engine is in use from the moment the router's getter hands
+it out until the handler ends (``release``), and afterwards while the engine still has requests in flight
+(a stream's), so closing it never fails a request.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -31,15 +40,19 @@ from api.services.checkpoints import CheckpointModel
 from esft.constants import ADAPTER_WEIGHTS_NAME
 from esft.serving import Engine, EngineConfig
 
+log = logging.getLogger(__name__)
+
 
 class EnginePool:
-    """One engine per registered base model, loaded on first use; the router's ``(request, model)`` getter.
+    """One engine per registered base model or full copy, loaded on first use; the router's ``(request, model)``
+    getter.
 
     Args:
         sessions: the app's session factory.
         storage: where registered adapters live.
         config: engine settings for every engine.
         only: serve just this base model (adapters of other base models answer 400).
+        max_full_copies: full copies' engines kept loaded (``Settings.inference_max_full_copy_engines``).
     """
 
     def __init__(
@@ -49,25 +62,46 @@ class EnginePool:
         config: EngineConfig | None = None,
         *,
         only: str | None = None,
+        max_full_copies: int = 2,
     ):
         self.sessions, self.storage, self.config, self.only = sessions, storage, config, only
+        self.max_full_copies = max_full_copies
         self.engines: dict[str, Engine] = {}
+        self.evictions = 0  # full copies' engines closed to load another (a Prometheus counter)
+        self._full_copies: OrderedDict[str, None] = OrderedDict()  # loaded full copies, least recently used first
+        self._users: Counter[Engine] = Counter()  # handlers holding each engine (``release`` ends a hold)
+        self._users_lock = threading.Lock()  # never held across a model load, so ``release`` never waits on one
         self._adapters: dict[str, Adapter] = {}  # rows as last read by a request, for the engines' resolver
         self._checkpoints: dict[str, tuple[CheckpointModel, str]] = {}  # name -> (checkpoint, base model path)
         self._owners: dict[str, str] = {}  # adapter or checkpoint name -> project id, for scoping the cache views
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while an engine loads or closes
 
-    def __call__(self, request: Request, model: str | None) -> Engine:
+    def __call__(self, request: Request, model: str | None) -> Engine | None:
+        """The engine for ``model``, held until ``release``; with no model (the adapter listing) any engine,
+        None before the first one loads."""
         if model is None:
-            if not self.engines:
-                raise ServiceError(503, "No model has been served yet.", code="inference_idle")
-            return next(iter(self.engines.values()))
-        base_id, path = self._lookup(model, request.state.principal)
-        return self.engine(base_id, path)
+            with self._lock:
+                return self._hold(next(iter(self.engines.values()), None))
+        engine_id, path, full_copy = self._lookup(model, request.state.principal)
+        with self._lock:
+            return self._hold(self.engine(engine_id, path, full_copy=full_copy))
 
-    def _lookup(self, model: str, principal: Principal) -> tuple[str, str]:
-        """(base model id, its path) for a base model, or an adapter or checkpoint of the caller's project (any
-        project's adapter for an admin key)."""
+    def _hold(self, engine: Engine | None) -> Engine | None:
+        if engine is not None:
+            with self._users_lock:
+                self._users[engine] += 1
+        return engine
+
+    def release(self, engine: Engine) -> None:
+        """The handler that got ``engine`` from the getter is done with it."""
+        with self._users_lock:
+            self._users[engine] -= 1
+            if self._users[engine] <= 0:
+                del self._users[engine]
+
+    def _lookup(self, model: str, principal: Principal) -> tuple[str, str, bool]:
+        """(engine id, model path, whether a full copy) for a base model, or an adapter or checkpoint of the
+        caller's project (any project's adapter for an admin key): a full copy's engine id is its own."""
         with self.sessions() as session:
             found = self._find(session, model, principal)
             base = session.get(BaseModel, model if found is None else found.base_model)
@@ -83,7 +117,7 @@ class EnginePool:
         if isinstance(found, Adapter) and registry.is_full_copy(found):
             loaded = found.id in self.engines  # a model of its own, loaded (and its files checked) on demand
             path = self.storage.path(found.storage_key) if loaded else registry.verify(self.storage, found)
-            return found.id, str(path)
+            return found.id, str(path), True
         if isinstance(found, Adapter):
             self._adapters[model] = found
             self._owners[model] = found.project_id
@@ -91,7 +125,7 @@ class EnginePool:
             checkpoints.available(self.storage, found)
             self._checkpoints[model] = (found, base.path)
             self._owners[model] = principal.project_id
-        return base.id, base.path
+        return base.id, base.path, False
 
     @staticmethod
     def _find(session: Session, model: str, principal: Principal) -> Adapter | CheckpointModel | None:
@@ -129,14 +163,46 @@ class EnginePool:
         )
         quotas.check_pinned(request.app.state.settings, principal, pinned, 0 if adding.pinned else adding.nbytes)
 
-    def engine(self, base_id: str, path: str) -> Engine:
-        """The engine of a base model, loading it once even under concurrent first requests."""
+    def engine(self, base_id: str, path: str, *, full_copy: bool = False) -> Engine:
+        """The engine of a base model or full copy, loading it once even under concurrent first requests.
+
+        Raises:
+            ServiceError: 503 ``engine_capacity``, a full copy to load while every loaded one is in use.
+        """
         with self._lock:
             if base_id not in self.engines:
+                if full_copy:
+                    self._make_room()
                 self.engines[base_id] = Engine.from_pretrained(
                     path, resolver=self._resolve, config=self.config, base_name=base_id
                 )
+            if full_copy:
+                self._full_copies[base_id] = None
+                self._full_copies.move_to_end(base_id)
             return self.engines[base_id]
+
+    def _make_room(self) -> None:
+        """Close least recently used idle full copies until one more fits the limit (the pool lock is held)."""
+        while len(self._full_copies) >= self.max_full_copies:
+            idle = next((name for name in self._full_copies if self._idle(self.engines[name])), None)
+            if idle is None:
+                raise ServiceError(
+                    503,
+                    f"All {len(self._full_copies)} full-copy models this server keeps loaded are answering requests; "
+                    "retry when one is done, or ask an admin to raise ESFT_INFERENCE_MAX_FULL_COPY_ENGINES.",
+                    code="engine_capacity",
+                )
+            del self._full_copies[idle]
+            self.engines.pop(idle).close()
+            gc.collect()  # an engine is in reference cycles: free its model now, before the next one loads
+            self.evictions += 1
+            log.info("closed the idle engine of full copy %s", idle, extra={"event": "engine_evicted", "model": idle})
+
+    def _idle(self, engine: Engine) -> bool:
+        """No handler holds it and it has no request in flight (new holds need the pool lock, held here)."""
+        with self._users_lock:
+            held = self._users[engine] > 0
+        return not held and engine.in_flight() == 0
 
     def _resolve(self, name: str) -> Path | None:
         """Adapter id -> its verified folder, from the row the request already read (no second read).
@@ -160,11 +226,13 @@ class EnginePool:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        self._full_copies.clear()
 
 
 def mount_inference_pool(app: FastAPI, config: EngineConfig | None = None, *, only: str | None = None) -> EnginePool:
     """Serve registered base models and their adapters on ``app`` (built by ``create_app``) behind its API keys."""
-    pool = EnginePool(app.state.session_factory, app.state.storage, config, only=only)
+    max_full_copies = app.state.settings.inference_max_full_copy_engines
+    pool = EnginePool(app.state.session_factory, app.state.storage, config, only=only, max_full_copies=max_full_copies)
     app.state.inference_pool = pool
     app.state.shutdown_hooks.append(pool.close)
     app.state.readiness_checks.append(pool.problem)

@@ -5,7 +5,8 @@ themselves (paths, bodies, responses) are declared in ``api.inference.operations
 The engine is found per request from the request and the ``model`` it names
 (``request.app.state.inference_engine`` by default), so the router can be built before any engine is
 loaded and a service can keep one engine per base model. The getter may refuse a model (raise a
-``ServiceError``), which is how the embedding service hides adapters of another project.
+``ServiceError``), which is how the embedding service hides adapters of another project. A getter with a
+``release(engine)`` method (the service's pool) is told when each handler is done with the engine it handed out.
 
 A request with ``n`` choices is ``n`` engine requests (choice ``i`` of a seeded request uses ``seed + i``);
 they are decoded in the same batches. Each has the deployment's deadline (``inference_request_timeout_s``),
@@ -15,7 +16,9 @@ and a client that disconnects cancels its choices, streamed or not, so their bat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,10 +34,12 @@ from api.schemas.inference import AdapterPin, ChatCompletionRequest, CompletionR
 from api.schemas.inference_objects import AdapterState, EngineState
 from esft.serving import CachedAdapter, Engine, GenerationRequest, SamplingParams
 
-EngineGetter = Callable[[Request, str | None], Engine]
+EngineGetter = Callable[[Request, str | None], Engine | None]
 Body = ChatCompletionRequest | CompletionRequest
 DISCONNECT_POLL_S = 0.1
 """How often a non-streaming request checks that its client is still connected while it waits."""
+IDLE_STATE: dict[str, Any] = {"base_model": None, "running": 0, "waiting": 0, "cache": {"adapters": []}, "slots": None}
+"""``GET /v1/adapters`` before any engine is loaded: nothing cached, nothing queued."""
 
 
 def _default_engine(request: Request, model: str | None = None) -> Engine:
@@ -79,13 +84,23 @@ class InferenceRoutes:
     def __init__(self, engine: Engine | EngineGetter | None):
         fixed = isinstance(engine, Engine)
         self.engine: EngineGetter = (lambda _r, _m: engine) if fixed else (engine or _default_engine)
-        self._texts: dict[int, TokenTexts] = {}
+        self._texts: weakref.WeakKeyDictionary[Engine, TokenTexts] = weakref.WeakKeyDictionary()  # go with engines
 
-    async def _allowed(self, request: Request, model: str) -> Engine:
-        return await run_in_threadpool(self.engine, request, model)
+    @asynccontextmanager
+    async def _using(self, request: Request, model: str | None) -> AsyncIterator[Engine]:
+        """The engine for ``model`` (the getter may refuse it), released to the getter when the handler ends;
+        a stream's requests are by then in the engine, which counts them until they finish."""
+        engine = await run_in_threadpool(self.engine, request, model)
+        try:
+            yield engine
+        finally:
+            if engine is not None and (release := getattr(self.engine, "release", None)) is not None:
+                release(engine)
 
     def _token_texts(self, engine: Engine) -> TokenTexts:
-        return self._texts.setdefault(id(engine.tokenizer), TokenTexts(engine.tokenizer))
+        if engine not in self._texts:
+            self._texts[engine] = TokenTexts(engine.tokenizer)
+        return self._texts[engine]
 
     async def _submit(self, engine: Engine, body: Body, prompt_ids: list[int], prefix: str, timeout_s: float | None):
         """Submit the ``n`` choices; a refusal cancels the choices already queued."""
@@ -109,50 +124,53 @@ class InferenceRoutes:
         return pending, ResponseMeta(body.model, len(prompt_ids), fingerprint, prefix)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
-        engine = await self._allowed(request, body.model)
-        ids = await call(engine.encode, [m.as_dict() for m in body.messages])
-        pending, meta = await self._submit(engine, body, ids, "chatcmpl", _deadline(request))
-        texts = self._token_texts(engine)
-        if body.stream:
-            events = chat_chunks(pending, meta, body.include_usage, texts, bool(body.logprobs))
-            return StreamingResponse(events, media_type="text/event-stream")
-        return chat_completion(meta, await _results(pending, request), texts)
+        async with self._using(request, body.model) as engine:
+            ids = await call(engine.encode, [m.as_dict() for m in body.messages])
+            pending, meta = await self._submit(engine, body, ids, "chatcmpl", _deadline(request))
+            texts = self._token_texts(engine)
+            if body.stream:
+                events = chat_chunks(pending, meta, body.include_usage, texts, bool(body.logprobs))
+                return StreamingResponse(events, media_type="text/event-stream")
+            return chat_completion(meta, await _results(pending, request), texts)
 
     async def complete(self, body: CompletionRequest, request: Request) -> Any:
-        engine = await self._allowed(request, body.model)
-        ids = await call(_prompt_ids, engine, body.prompt)
-        pending, meta = await self._submit(engine, body, ids, "cmpl", _deadline(request))
-        texts = self._token_texts(engine)
-        if body.stream:
-            events = text_chunks(pending, meta, body.include_usage, texts, body.logprobs is not None)
-            return StreamingResponse(events, media_type="text/event-stream")
-        return text_completion(meta, await _results(pending, request), texts)
+        async with self._using(request, body.model) as engine:
+            ids = await call(_prompt_ids, engine, body.prompt)
+            pending, meta = await self._submit(engine, body, ids, "cmpl", _deadline(request))
+            texts = self._token_texts(engine)
+            if body.stream:
+                events = text_chunks(pending, meta, body.include_usage, texts, body.logprobs is not None)
+                return StreamingResponse(events, media_type="text/event-stream")
+            return text_completion(meta, await _results(pending, request), texts)
 
     async def list_adapters(self, request: Request) -> Any:
-        stats = await call((await run_in_threadpool(self.engine, request, None)).stats)
+        async with self._using(request, None) as engine:
+            if engine is None:  # nothing loaded yet: nothing to list
+                return EngineState(data=IDLE_STATE)
+            stats = await call(engine.stats)
         if (visible := getattr(self.engine, "visible", None)) is not None:  # the service scopes it to the caller
             stats = visible(request, stats)
         return EngineState(data=stats)
 
     async def load(self, name: str, request: Request) -> Any:
-        engine = await self._allowed(request, name)
-        return _adapter_state(await call(engine.load_adapter, name))
+        async with self._using(request, name) as engine:
+            return _adapter_state(await call(engine.load_adapter, name))
 
     async def unload(self, name: str, request: Request) -> Any:
-        engine = await self._allowed(request, name)
-        await call(engine.unload_adapter, name)
+        async with self._using(request, name) as engine:
+            await call(engine.unload_adapter, name)
         return AdapterState(id=name, loaded=False)
 
     async def pin(self, name: str, request: Request, body: AdapterPin | None = None) -> Any:
-        engine = await self._allowed(request, name)
         pinned = True if body is None else body.pinned
-        if pinned and (check := getattr(self.engine, "check_pin", None)) is not None:  # the service's quota
-            await run_in_threadpool(check, request, engine, name)
-        return _adapter_state(await call(engine.pin_adapter, name, pinned))
+        async with self._using(request, name) as engine:
+            if pinned and (check := getattr(self.engine, "check_pin", None)) is not None:  # the service's quota
+                await run_in_threadpool(check, request, engine, name)
+            return _adapter_state(await call(engine.pin_adapter, name, pinned))
 
     async def unpin(self, name: str, request: Request) -> Any:
-        engine = await self._allowed(request, name)
-        return _adapter_state(await call(engine.pin_adapter, name, False))
+        async with self._using(request, name) as engine:
+            return _adapter_state(await call(engine.pin_adapter, name, False))
 
 
 def _deadline(request: Request) -> float | None:
@@ -188,8 +206,9 @@ def create_inference_router(
 
     Args:
         engine: the engine, or ``(request, model) -> engine`` (default: ``request.app.state.inference_engine``);
-            ``model`` is None for requests that name no model. The getter runs in the thread pool and may
-            raise a ``ServiceError`` to refuse the model.
+            ``model`` is None for the adapter listing, which names no model (the getter may then return None:
+            nothing is loaded yet). The getter runs in the thread pool and may raise a ``ServiceError`` to
+            refuse the model.
         dependencies: route dependencies, e.g. ``[Depends(get_principal)]`` to require an API key.
     """
     return inference_router(InferenceRoutes(engine), dependencies)

@@ -104,6 +104,7 @@ class Engine:
         self._consecutive = 0  # of them, in a row
         self._last_failure: str | None = None
         self._outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        self._unfinished = 0  # submitted requests without an outcome yet
         self._outcomes_lock = threading.Lock()
 
     @classmethod
@@ -228,6 +229,8 @@ class Engine:
         pending = _Pending(handle, entry, max_tokens, sampler, stream)
         with self._cond:
             self._check_open()
+            with self._outcomes_lock:
+                self._unfinished += 1
             self._waiting.append(pending)
             self._cond.notify_all()
         if self._thread is None:
@@ -243,6 +246,13 @@ class Engine:
     def _count(self, outcome: str) -> None:
         with self._outcomes_lock:
             self._outcomes[outcome] += 1
+            self._unfinished -= 1
+
+    def in_flight(self) -> int:
+        """Requests submitted and not finished yet (queued, joining the batch or decoding): an engine with none
+        can be closed without failing a request."""
+        with self._outcomes_lock:
+            return self._unfinished
 
     def complete(self, request: GenerationRequest, timeout: float | None = None):
         """Submit and wait: the ``Completion``."""
