@@ -24,6 +24,7 @@ import gc
 import logging
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -99,7 +100,7 @@ class EnginePool:
             if self._users[engine] <= 0:
                 del self._users[engine]
 
-    def _lookup(self, model: str, principal: Principal) -> tuple[str, str, bool]:
+    def _lookup(self, model: str, principal: Principal) -> tuple[str, str | Callable[[], str], bool]:
         """(engine id, model path, whether a full copy) for a base model, or an adapter or checkpoint of the
         caller's project (any project's adapter for an admin key): a full copy's engine id is its own."""
         with self.sessions() as session:
@@ -115,9 +116,9 @@ class EnginePool:
                 param="model",
             )
         if isinstance(found, Adapter) and registry.is_full_copy(found):
-            loaded = found.id in self.engines  # a model of its own, loaded (and its files checked) on demand
-            path = self.storage.path(found.storage_key) if loaded else registry.verify(self.storage, found)
-            return found.id, str(path), True
+            # A model of its own, loaded on demand; its files are checked whenever it loads (``engine`` calls
+            # this under the pool lock), so a copy evicted after this lookup is never reloaded unchecked.
+            return found.id, lambda row=found: str(registry.verify(self.storage, row)), True
         if isinstance(found, Adapter):
             self._adapters[model] = found
             self._owners[model] = found.project_id
@@ -163,18 +164,20 @@ class EnginePool:
         )
         quotas.check_pinned(request.app.state.settings, principal, pinned, 0 if adding.pinned else adding.nbytes)
 
-    def engine(self, base_id: str, path: str, *, full_copy: bool = False) -> Engine:
-        """The engine of a base model or full copy, loading it once even under concurrent first requests.
+    def engine(self, base_id: str, path: str | Callable[[], str], *, full_copy: bool = False) -> Engine:
+        """The engine of a base model or full copy, loading it once even under concurrent first requests
+        (``path`` may be a function giving the checked path, called only when the engine loads).
 
         Raises:
             ServiceError: 503 ``engine_capacity``, a full copy to load while every loaded one is in use.
         """
         with self._lock:
             if base_id not in self.engines:
+                checked = path() if callable(path) else path  # before evicting anything for it
                 if full_copy:
                     self._make_room()
                 self.engines[base_id] = Engine.from_pretrained(
-                    path, resolver=self._resolve, config=self.config, base_name=base_id
+                    checked, resolver=self._resolve, config=self.config, base_name=base_id
                 )
             if full_copy:
                 self._full_copies[base_id] = None

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from api.core.db.models import Adapter
 from api.core.db.session import session_scope
 from api.core.queue import RecordingQueue
 from api.inference.embedded import mount_inference_pool
@@ -72,6 +73,14 @@ def test_the_idle_full_copy_is_closed_to_load_another_and_reloads_on_its_next_ch
 
         assert _answer(client, a, auth) == first  # loaded again from its files: the same greedy answer
         assert set(pool.engines) == {base_model, a} and pool.evictions == 2
+
+        # every load checks the files against the manifest: an evicted copy changed on disk is refused
+        with session_scope(settings.database_url) as session:
+            folder = client.app.state.storage.path(session.get(Adapter, b).storage_key)
+        (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+        refused = client.post("/v1/chat/completions", json=_chat_body(b, max_tokens=4), headers=auth)
+        assert_error(refused, 500, "adapter_corrupted")
+        assert set(pool.engines) == {base_model, a} and _answer(client, a, auth) == first
     finally:
         pool.close()
 
