@@ -8,7 +8,7 @@ names a project, job or adapter: the endpoint needs no key (bind the port to a t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, get_args
 
 from fastapi import FastAPI, Response
@@ -88,44 +88,61 @@ class JobsCollector:
         )
 
 
-class EnginesCollector:
-    """Per base model: running batch, waiting requests, adapter cache bytes, hits, misses and evictions; and the
-    engines the pool closed (``EnginePool.evictions``, no label: an evicted engine is gone)."""
+FULL_COPY_LABEL = "full_copy"  # every full copy's engine is counted under this label, never under its id
 
-    def __init__(self, engines: Callable[[], Mapping[str, Any]], engine_evictions: Callable[[], int]):
+
+class EnginesCollector:
+    """Per base model: running batch, waiting requests, adapter cache bytes, hits, misses and evictions (full
+    copies' engines summed under ``model="full_copy"``: their ids name a project's model); and the engines the
+    pool closed (``EnginePool.evictions``, no label: an evicted engine is gone)."""
+
+    def __init__(self, engines: Callable[[], Iterable[tuple[str, Any]]], engine_evictions: Callable[[], int]):
         self.engines, self.engine_evictions = engines, engine_evictions
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["model"]
-        batch = GaugeMetricFamily("esft_engine_batch_size", "Requests decoding in the running batch.", labels=labels)
-        queue = GaugeMetricFamily("esft_engine_queue_length", "Requests waiting to join a batch.", labels=labels)
-        used = GaugeMetricFamily("esft_adapter_cache_bytes", "Bytes of adapters in the host cache.", labels=labels)
-        budget = GaugeMetricFamily("esft_adapter_cache_budget_bytes", "Adapter cache capacity.", labels=labels)
-        hits = CounterMetricFamily("esft_adapter_cache_hits", "Adapter lookups served from the cache.", labels=labels)
-        misses = CounterMetricFamily("esft_adapter_cache_misses", "Adapter lookups that loaded it.", labels=labels)
-        evictions = CounterMetricFamily("esft_adapter_cache_evictions", "Adapters evicted.", labels=labels)
-        for name, engine in list(self.engines().items()):
+        families = {
+            "running": GaugeMetricFamily("esft_engine_batch_size", "Requests decoding in the running batch.",
+                                         labels=["model"]),
+            "waiting": GaugeMetricFamily("esft_engine_queue_length", "Requests waiting to join a batch.",
+                                         labels=["model"]),
+            "used_bytes": GaugeMetricFamily("esft_adapter_cache_bytes", "Bytes of adapters in the host cache.",
+                                            labels=["model"]),
+            "budget_bytes": GaugeMetricFamily("esft_adapter_cache_budget_bytes", "Adapter cache capacity.",
+                                              labels=["model"]),
+            "hits": CounterMetricFamily("esft_adapter_cache_hits", "Adapter lookups served from the cache.",
+                                        labels=["model"]),
+            "misses": CounterMetricFamily("esft_adapter_cache_misses", "Adapter lookups that loaded it.",
+                                          labels=["model"]),
+            "evictions": CounterMetricFamily("esft_adapter_cache_evictions", "Adapters evicted.", labels=["model"]),
+        }
+        totals: dict[str, dict[str, float]] = {}
+        for label, engine in list(self.engines()):
             stats = engine.stats()
-            batch.add_metric([name], stats["running"])
-            queue.add_metric([name], stats["waiting"])
-            used.add_metric([name], stats["cache"]["used_bytes"])
-            budget.add_metric([name], stats["cache"]["budget_bytes"])
-            hits.add_metric([name], getattr(engine.cache, "hits", 0))
-            misses.add_metric([name], getattr(engine.cache, "misses", 0))
-            evictions.add_metric([name], stats["cache"]["evictions"])
-        yield from (batch, queue, used, budget, hits, misses, evictions)
+            values = {"running": stats["running"], "waiting": stats["waiting"],
+                      "used_bytes": stats["cache"]["used_bytes"], "budget_bytes": stats["cache"]["budget_bytes"],
+                      "hits": getattr(engine.cache, "hits", 0), "misses": getattr(engine.cache, "misses", 0),
+                      "evictions": stats["cache"]["evictions"]}
+            sums = totals.setdefault(label, dict.fromkeys(families, 0.0))
+            for key, value in values.items():
+                sums[key] += value
+        for label, sums in totals.items():
+            for key, family in families.items():
+                family.add_metric([label], sums[key])
+        yield from families.values()
         yield CounterMetricFamily(
             "esft_engine_evictions", "Idle full-copy engines closed to load another.", value=self.engine_evictions()
         )
 
 
-def _engines(app: FastAPI) -> Mapping[str, Any]:
-    """The app's engines: the service's pool, or the standalone inference app's one engine."""
+def _engines(app: FastAPI) -> list[tuple[str, Any]]:
+    """``(label, engine)`` of the app's engines: the service's pool (full copies labelled ``full_copy``), or the
+    standalone inference app's one engine."""
     pool = getattr(app.state, "inference_pool", None)
     if pool is not None:
-        return pool.engines
+        full = set(pool.full_copies())
+        return [(FULL_COPY_LABEL if name in full else name, engine) for name, engine in list(pool.engines.items())]
     engine = getattr(app.state, "inference_engine", None)
-    return {} if engine is None else {engine.base_name: engine}
+    return [] if engine is None else [(engine.base_name, engine)]
 
 
 def _engine_evictions(app: FastAPI) -> int:

@@ -70,6 +70,7 @@ class EnginePool:
         self.engines: dict[str, Engine] = {}
         self.evictions = 0  # full copies' engines closed to load another (a Prometheus counter)
         self._full_copies: OrderedDict[str, None] = OrderedDict()  # loaded full copies, least recently used first
+        self._full_copy_ids: frozenset[str] = frozenset()  # the same ids, for readers that take no lock
         self._users: Counter[Engine] = Counter()  # handlers holding each engine (``release`` ends a hold)
         self._users_lock = threading.Lock()  # never held across a model load, so ``release`` never waits on one
         self._adapters: dict[str, Adapter] = {}  # rows as last read by a request, for the engines' resolver
@@ -182,7 +183,12 @@ class EnginePool:
             if full_copy:
                 self._full_copies[base_id] = None
                 self._full_copies.move_to_end(base_id)
+                self._full_copy_ids = frozenset(self._full_copies)
             return self.engines[base_id]
+
+    def full_copies(self) -> frozenset[str]:
+        """Ids of the full copies whose engines are loaded (a snapshot: never waits for a load)."""
+        return self._full_copy_ids
 
     def _make_room(self) -> None:
         """Close least recently used idle full copies until one more fits the limit (the pool lock is held)."""
@@ -196,6 +202,7 @@ class EnginePool:
                     code="engine_capacity",
                 )
             del self._full_copies[idle]
+            self._full_copy_ids = frozenset(self._full_copies)
             self.engines.pop(idle).close()
             gc.collect()  # an engine is in reference cycles: free its model now, before the next one loads
             self.evictions += 1
@@ -230,6 +237,7 @@ class EnginePool:
             engine.close()
         self.engines.clear()
         self._full_copies.clear()
+        self._full_copy_ids = frozenset()
 
 
 def mount_inference_pool(app: FastAPI, config: EngineConfig | None = None, *, only: str | None = None) -> EnginePool:

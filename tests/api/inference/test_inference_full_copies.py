@@ -70,6 +70,8 @@ def test_the_idle_full_copy_is_closed_to_load_another_and_reloads_on_its_next_ch
         assert set(pool.engines) == {base_model, b} and pool.evictions == 1
         assert engine_a() is None  # closed (a running scheduler thread would keep it) and its model freed
         assert _value(scrape(client)["esft_engine_evictions"], "esft_engine_evictions_total") == 1
+        engines = scrape(client)["esft_engine_batch_size"]  # full copies are summed, never named (project data)
+        assert {sample.labels["model"] for sample in engines} == {base_model, "full_copy"}
 
         assert _answer(client, a, auth) == first  # loaded again from its files: the same greedy answer
         assert set(pool.engines) == {base_model, a} and pool.evictions == 2
