@@ -31,8 +31,8 @@ from research.cache import RunCache
 from research.routing import RoutingReport, analyse, plot_concentration, plot_overlap, task_scores
 from research.runs import EVALUATION, Job, Method, Sizes, run_job
 
-ESFT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
-FFT_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+ESFT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+FFT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 LORA_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 # fmt: off
