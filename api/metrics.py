@@ -88,6 +88,15 @@ class JobsCollector:
         )
 
 
+ENGINE_FAMILIES = (  # (key in the sums below, metric kind, name, help)
+    ("running", GaugeMetricFamily, "esft_engine_batch_size", "Requests decoding in the running batch."),
+    ("waiting", GaugeMetricFamily, "esft_engine_queue_length", "Requests waiting to join a batch."),
+    ("used_bytes", GaugeMetricFamily, "esft_adapter_cache_bytes", "Bytes of adapters in the host cache."),
+    ("budget_bytes", GaugeMetricFamily, "esft_adapter_cache_budget_bytes", "Adapter cache capacity."),
+    ("hits", CounterMetricFamily, "esft_adapter_cache_hits", "Adapter lookups served from the cache."),
+    ("misses", CounterMetricFamily, "esft_adapter_cache_misses", "Adapter lookups that loaded it."),
+    ("evictions", CounterMetricFamily, "esft_adapter_cache_evictions", "Adapters evicted."),
+)
 FULL_COPY_LABEL = "full_copy"  # every full copy's engine is counted under this label, never under its id
 
 
@@ -100,21 +109,7 @@ class EnginesCollector:
         self.engines, self.engine_evictions = engines, engine_evictions
 
     def collect(self) -> Iterator[Metric]:
-        families = {
-            "running": GaugeMetricFamily("esft_engine_batch_size", "Requests decoding in the running batch.",
-                                         labels=["model"]),
-            "waiting": GaugeMetricFamily("esft_engine_queue_length", "Requests waiting to join a batch.",
-                                         labels=["model"]),
-            "used_bytes": GaugeMetricFamily("esft_adapter_cache_bytes", "Bytes of adapters in the host cache.",
-                                            labels=["model"]),
-            "budget_bytes": GaugeMetricFamily("esft_adapter_cache_budget_bytes", "Adapter cache capacity.",
-                                              labels=["model"]),
-            "hits": CounterMetricFamily("esft_adapter_cache_hits", "Adapter lookups served from the cache.",
-                                        labels=["model"]),
-            "misses": CounterMetricFamily("esft_adapter_cache_misses", "Adapter lookups that loaded it.",
-                                          labels=["model"]),
-            "evictions": CounterMetricFamily("esft_adapter_cache_evictions", "Adapters evicted.", labels=["model"]),
-        }
+        families = {key: kind(name, help_text, labels=["model"]) for key, kind, name, help_text in ENGINE_FAMILIES}
         totals: dict[str, dict[str, float]] = {}
         for label, engine in list(self.engines()):
             stats = engine.stats()
