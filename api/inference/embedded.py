@@ -81,9 +81,10 @@ class EnginePool:
     def __call__(self, request: Request, model: str | None) -> Engine | None:
         """The engine for ``model``, held until ``release``; with no model (the adapter listing) any engine,
         None before the first one loads."""
-        if model is None:
+        if model is None:  # the listing: a base model's engine (a full copy's id and load belong to one project)
             with self._lock:
-                return self._hold(next(iter(self.engines.values()), None))
+                bases = (engine for name, engine in self.engines.items() if name not in self._full_copies)
+                return self._hold(next(bases, None))
         engine_id, path, full_copy = self._lookup(model, request.state.principal)
         with self._lock:
             return self._hold(self.engine(engine_id, path, full_copy=full_copy))

@@ -64,6 +64,8 @@ def test_the_idle_full_copy_is_closed_to_load_another_and_reloads_on_its_next_ch
     pool = mount_inference_pool(client.app, EngineConfig(max_new_tokens=12))
     try:
         first = _answer(client, a, auth)
+        listing = client.get("/v1/adapters", headers=auth).json()["data"]  # only a full copy is loaded
+        assert listing == IDLE_STATE  # its engine is not listed as if it were the base model's
         engine_a = weakref.ref(pool.engines[a])
         _answer(client, base_model, auth)  # base models' engines do not count against the limit
         _answer(client, b, auth)
