@@ -89,6 +89,13 @@ class EnginePool:
         with self._lock:
             return self._hold(self.engine(engine_id, path, full_copy=full_copy))
 
+    def loaded(self, request: Request, model: str) -> Engine | None:
+        """The engine serving ``model`` if it is loaded (held until ``release``), else None; never loads one.
+        ``model`` is checked as for a chat: unknown or another project's -> 404."""
+        engine_id, _, _ = self._lookup(model, request.state.principal)
+        with self._lock:
+            return self._hold(self.engines.get(engine_id))
+
     def _hold(self, engine: Engine | None) -> Engine | None:
         if engine is not None:
             with self._users_lock:

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.routing import APIRoute
 
 from api.schemas.common import error_responses
@@ -27,6 +27,12 @@ def _stream_of(event: str) -> dict[int | str, dict[str, Any]]:
     """A 200 that is JSON, or with ``stream: true`` server-sent events of ``event`` objects."""
     sse = {"schema": {"type": "string", "description": f"`data: <{event} JSON>` events, then `data: [DONE]`"}}
     return {200: {"content": {"text/event-stream": sse}, "description": f"JSON, or {event} events with `stream: true`"}}
+
+
+LISTED_MODEL = Query(
+    None, description="show the engine serving this base model, adapter or full copy (default: a base model's); "
+    "never loads one: an engine not loaded yet shows the idle state",
+)
 
 
 def add_inference_routes(router: APIRouter, handlers: Any) -> APIRouter:
@@ -80,7 +86,7 @@ class DocumentOnly:
     async def complete(self, body: CompletionRequest, request: Request) -> Any:
         raise NotImplementedError
 
-    async def list_adapters(self, request: Request) -> Any:
+    async def list_adapters(self, request: Request, model: str | None = LISTED_MODEL) -> Any:
         raise NotImplementedError
 
     async def load(self, name: str, request: Request) -> Any:

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from api.core.errors import ServiceError
 from api.inference.bridge import AsyncRequest, call
 from api.inference.objects import ResponseMeta, TokenTexts, chat_completion, text_completion
-from api.inference.operations import inference_router
+from api.inference.operations import LISTED_MODEL, inference_router
 from api.inference.sse import chat_chunks, text_chunks
 from api.schemas.inference import AdapterPin, ChatCompletionRequest, CompletionRequest
 from api.schemas.inference_objects import AdapterState, EngineState
@@ -97,6 +97,22 @@ class InferenceRoutes:
             if engine is not None and (release := getattr(self.engine, "release", None)) is not None:
                 release(engine)
 
+    @asynccontextmanager
+    async def _listed(self, request: Request, model: str | None) -> AsyncIterator[Engine | None]:
+        """The engine the listing shows: the getter's choice without a model; with one, the engine serving it
+        if it is loaded (``loaded`` of a getter that has it, which never loads; else the getter's engine)."""
+        loaded = getattr(self.engine, "loaded", None)
+        if model is None or loaded is None:
+            async with self._using(request, model) as engine:
+                yield engine
+            return
+        engine = await run_in_threadpool(loaded, request, model)
+        try:
+            yield engine
+        finally:
+            if engine is not None:
+                self.engine.release(engine)
+
     def _token_texts(self, engine: Engine) -> TokenTexts:
         if engine not in self._texts:
             self._texts[engine] = TokenTexts(engine.tokenizer)
@@ -143,8 +159,8 @@ class InferenceRoutes:
                 return StreamingResponse(events, media_type="text/event-stream")
             return text_completion(meta, await _results(pending, request), texts)
 
-    async def list_adapters(self, request: Request) -> Any:
-        async with self._using(request, None) as engine:
+    async def list_adapters(self, request: Request, model: str | None = LISTED_MODEL) -> Any:
+        async with self._listed(request, model) as engine:
             if engine is None:  # nothing loaded yet: nothing to list
                 return EngineState(data=IDLE_STATE)
             stats = await call(engine.stats)

@@ -126,3 +126,21 @@ def test_the_adapter_listing_before_the_first_chat_is_empty(client, auth, base_m
         assert reply.json()["data"]["cache"]["adapters"] == []
     finally:
         pool.close()
+
+
+def test_the_listing_shows_the_engine_serving_a_model_and_never_loads_one(
+    client, settings, auth, other_auth, base_model, merged
+):
+    a, _ = _register(client, settings, auth, base_model, merged)
+    pool = mount_inference_pool(client.app, EngineConfig(max_new_tokens=12))
+    try:
+        listed = client.get("/v1/adapters", params={"model": a}, headers=auth)
+        assert listed.status_code == 200 and listed.json()["data"] == IDLE_STATE and not pool.engines  # not loaded
+        _answer(client, base_model, auth)
+        _answer(client, a, auth)
+        assert client.get("/v1/adapters", headers=auth).json()["data"]["base_model"] == base_model
+        assert client.get("/v1/adapters", params={"model": a}, headers=auth).json()["data"]["base_model"] == a
+        assert_error(client.get("/v1/adapters", params={"model": a}, headers=other_auth), 404, "model_not_found")
+        assert_error(client.get("/v1/adapters", params={"model": "nope"}, headers=auth), 404, "model_not_found")
+    finally:
+        pool.close()
