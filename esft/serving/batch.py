@@ -116,7 +116,7 @@ class RunningBatch:
         mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [b, L] as `generate` numbers left-padded rows
         out = self._forward(rows, input_ids, mask, positions, cache=None)
-        self._merge(out.past_key_values, mask, positions[:, -1:])
+        self._merge(out.cache, mask, positions[:, -1:])
         self.rows.extend(rows)
         self.peak_adapters = max(self.peak_adapters, len(self.adapters))
         self._advance(out.logits[:, -1], first=len(self.rows) - len(rows))
@@ -128,7 +128,7 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, ones], dim=1)
         self.positions = self.positions + 1
         out = self._forward(self.rows, self.next_input, self.mask, self.positions, cache=self.cache)
-        self.cache = out.past_key_values
+        self.cache = out.cache
         self._advance(out.logits[:, -1], first=0)
 
     def _forward(self, rows: Sequence[Row], input_ids, mask, positions, cache):
@@ -139,7 +139,7 @@ class RunningBatch:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
