@@ -79,8 +79,8 @@ class EnginePool:
         self._lock = threading.RLock()  # held while an engine loads or closes
 
     def __call__(self, request: Request, model: str | None) -> Engine | None:
-        """The engine for ``model``, held until ``release``; with no model (the adapter listing) any engine,
-        None before the first one loads."""
+        """The engine for ``model``, held until ``release``; with no model (the adapter listing) a loaded base
+        model's engine, None before one loads."""
         if model is None:  # the listing: a base model's engine (a full copy's id and load belong to one project)
             with self._lock:
                 bases = (engine for name, engine in self.engines.items() if name not in self._full_copies)
