@@ -87,31 +87,17 @@ class InferenceRoutes:
         self._texts: weakref.WeakKeyDictionary[Engine, TokenTexts] = weakref.WeakKeyDictionary()  # go with engines
 
     @asynccontextmanager
-    async def _using(self, request: Request, model: str | None) -> AsyncIterator[Engine]:
-        """The engine for ``model`` (the getter may refuse it), released to the getter when the handler ends;
-        a stream's requests are by then in the engine, which counts them until they finish."""
-        engine = await run_in_threadpool(self.engine, request, model)
+    async def _using(
+        self, request: Request, model: str | None, get: EngineGetter | None = None
+    ) -> AsyncIterator[Engine]:
+        """The engine for ``model`` from ``get`` (default: the getter, which may refuse the model), released to
+        the getter when the handler ends; a stream's requests are by then in the engine, which counts them."""
+        engine = await run_in_threadpool(get or self.engine, request, model)
         try:
             yield engine
         finally:
             if engine is not None and (release := getattr(self.engine, "release", None)) is not None:
                 release(engine)
-
-    @asynccontextmanager
-    async def _listed(self, request: Request, model: str | None) -> AsyncIterator[Engine | None]:
-        """The engine the listing shows: the getter's choice without a model; with one, the engine serving it
-        if it is loaded (``loaded`` of a getter that has it, which never loads; else the getter's engine)."""
-        loaded = getattr(self.engine, "loaded", None)
-        if model is None or loaded is None:
-            async with self._using(request, model) as engine:
-                yield engine
-            return
-        engine = await run_in_threadpool(loaded, request, model)
-        try:
-            yield engine
-        finally:
-            if engine is not None:
-                self.engine.release(engine)
 
     def _token_texts(self, engine: Engine) -> TokenTexts:
         if engine not in self._texts:
@@ -160,7 +146,9 @@ class InferenceRoutes:
             return text_completion(meta, await _results(pending, request), texts)
 
     async def list_adapters(self, request: Request, model: str | None = LISTED_MODEL) -> Any:
-        async with self._listed(request, model) as engine:
+        # with a model: the engine serving it if loaded (a getter's ``loaded`` never loads one)
+        get = getattr(self.engine, "loaded", None) if model is not None else None
+        async with self._using(request, model, get) as engine:
             if engine is None:  # nothing loaded yet: nothing to list
                 return EngineState(data=IDLE_STATE)
             stats = await call(engine.stats)
