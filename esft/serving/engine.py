@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from esft.errors import AdapterMismatchError
 from esft.generation import encode_prompt, stop_token_ids
 from esft.methods.esft_lora.adapter import expert_rows_adapter
 from esft.models.discovery import find_moe_layers
+from esft.models.families import LEFT_PADDING_LEAKS
 from esft.serving.batch import Row, RunningBatch
 from esft.serving.cache import AdapterCache, CachedAdapter, Resolver
 from esft.serving.config import EngineConfig
@@ -38,6 +39,17 @@ from esft.serving.slots import ExpertSlots
 from esft.serving.swap import HotSwap
 
 log = logging.getLogger(__name__)
+
+
+def _family_config(model: nn.Module, config: EngineConfig) -> EngineConfig:
+    """``config``, decoding one request at a time for a family whose logits change under left padding (a
+    batch of prompts of different lengths would answer differently than each prompt alone)."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in LEFT_PADDING_LEAKS or config.max_batch_size == 1:
+        return config
+    log.warning("%s: left padding changes this family's logits (esft.models.families.LEFT_PADDING_LEAKS); "
+                "requests are decoded one at a time", model_type)
+    return replace(config, max_batch_size=1)
 
 MAX_CONSECUTIVE_FAILURES = 3
 """Scheduler iterations failing in a row (each failing the requests it decoded) before the engine gives up:
@@ -80,7 +92,7 @@ class Engine:
         base_name: str = "base",
     ):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.config = config or EngineConfig()
+        self.config = _family_config(model, config or EngineConfig())
         self.base_name = base_name
         self.layers = {layer.layer_index: layer for layer in find_moe_layers(model)}
         self.cache = AdapterCache(resolver or (lambda _name: None), self.config.cache_bytes, self._validate,
